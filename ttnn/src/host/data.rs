@@ -1,0 +1,402 @@
+//! `HostData`: the element storage of a tensor on the host (host tensors, and device tensors of
+//! the host backend), and conversions between user element types and `DataType`s.
+
+use half::bf16;
+
+use super::blockfloat::{BlockFloatData, BlockFormat};
+use super::ternary::TernaryData;
+use crate::error::{Error, Result};
+use crate::types::{DataType, Shape};
+
+/// Element storage, one variant per storage form. Rows are the tensor's last dimension.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostData {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+    U32(Vec<u32>),
+    I32(Vec<i32>),
+    U16(Vec<u16>),
+    U8(Vec<u8>),
+    Block(BlockFloatData),
+    Ternary(TernaryData),
+}
+
+/// bf16 bits of `v`, rounded to nearest even (NaN stays NaN).
+#[inline]
+pub(crate) fn round_to_bf16_bits(v: f32) -> u16 {
+    bf16::from_f32(v).to_bits()
+}
+
+impl HostData {
+    /// Zero-filled storage for `shape` in `dtype`.
+    pub fn zeros(dtype: DataType, shape: Shape) -> Self {
+        let n = shape.volume();
+        let (rows, len) = (shape.rows(), shape.last());
+        match dtype {
+            DataType::Float32 => Self::F32(vec![0.0; n]),
+            DataType::Bfloat16 => Self::Bf16(vec![bf16::ZERO; n]),
+            DataType::Uint32 => Self::U32(vec![0; n]),
+            DataType::Int32 => Self::I32(vec![0; n]),
+            DataType::Uint16 => Self::U16(vec![0; n]),
+            DataType::Uint8 => Self::U8(vec![0; n]),
+            DataType::Bfloat8B => Self::Block(BlockFloatData::zeros(BlockFormat::Bfp8, rows, len)),
+            DataType::Bfloat4B => Self::Block(BlockFloatData::zeros(BlockFormat::Bfp4, rows, len)),
+            DataType::Ternary => Self::Ternary(TernaryData::zeros(rows, len)),
+        }
+    }
+
+    pub fn dtype(&self) -> DataType {
+        match self {
+            Self::F32(_) => DataType::Float32,
+            Self::Bf16(_) => DataType::Bfloat16,
+            Self::U32(_) => DataType::Uint32,
+            Self::I32(_) => DataType::Int32,
+            Self::U16(_) => DataType::Uint16,
+            Self::U8(_) => DataType::Uint8,
+            Self::Block(b) => match b.format {
+                BlockFormat::Bfp8 => DataType::Bfloat8B,
+                BlockFormat::Bfp4 => DataType::Bfloat4B,
+            },
+            Self::Ternary(_) => DataType::Ternary,
+        }
+    }
+
+    /// Bytes this storage really takes in host memory.
+    pub fn host_bytes(&self) -> usize {
+        match self {
+            Self::F32(v) => v.len() * 4,
+            Self::Bf16(v) => v.len() * 2,
+            Self::U32(v) => v.len() * 4,
+            Self::I32(v) => v.len() * 4,
+            Self::U16(v) => v.len() * 2,
+            Self::U8(v) => v.len(),
+            Self::Block(b) => b.exps.len() + b.mants.len(),
+            Self::Ternary(t) => t.packed.len(),
+        }
+    }
+
+    /// Every element as f32 (integers converted, block floats and ternary decoded).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match self {
+            Self::F32(v) => v.clone(),
+            Self::Bf16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            Self::U32(v) => v.iter().map(|&x| x as f32).collect(),
+            Self::I32(v) => v.iter().map(|&x| x as f32).collect(),
+            Self::U16(v) => v.iter().map(|&x| x as f32).collect(),
+            Self::U8(v) => v.iter().map(|&x| x as f32).collect(),
+            Self::Block(b) => b.decode(),
+            Self::Ternary(t) => t.unpack().into_iter().map(f32::from).collect(),
+        }
+    }
+
+    /// Writes the f32 values `src` into float storage, rounding to the storage's precision.
+    /// Used by kernels that compute in f32 and by typecast.
+    pub fn store_f32(&mut self, src: &[f32]) {
+        match self {
+            Self::F32(v) => v.copy_from_slice(src),
+            Self::Bf16(v) => {
+                for (d, &s) in v.iter_mut().zip(src) {
+                    *d = bf16::from_f32(s);
+                }
+            }
+            Self::Block(b) => b.encode_from(src),
+            Self::U32(v) => v.iter_mut().zip(src).for_each(|(d, &s)| *d = s as u32),
+            Self::I32(v) => v.iter_mut().zip(src).for_each(|(d, &s)| *d = s as i32),
+            Self::U16(v) => v.iter_mut().zip(src).for_each(|(d, &s)| *d = s as u16),
+            Self::U8(v) => v.iter_mut().zip(src).for_each(|(d, &s)| *d = s as u8),
+            Self::Ternary(t) => t.pack_from(src.iter().map(|&s| s.round().clamp(-1.0, 1.0) as i8)),
+        }
+    }
+
+    /// Copies integer storage into integer storage, wrapping like a C cast; false (and nothing
+    /// done) unless both are integer storage. No allocation.
+    pub fn cast_ints_into(&self, out: &mut HostData) -> bool {
+        fn store(out: &mut HostData, src: impl Iterator<Item = i64>) -> bool {
+            match out {
+                HostData::U32(v) => v.iter_mut().zip(src).for_each(|(d, s)| *d = s as u32),
+                HostData::I32(v) => v.iter_mut().zip(src).for_each(|(d, s)| *d = s as i32),
+                HostData::U16(v) => v.iter_mut().zip(src).for_each(|(d, s)| *d = s as u16),
+                HostData::U8(v) => v.iter_mut().zip(src).for_each(|(d, s)| *d = s as u8),
+                _ => return false,
+            }
+            true
+        }
+        match self {
+            Self::U32(v) => store(out, v.iter().map(|&x| x as i64)),
+            Self::I32(v) => store(out, v.iter().map(|&x| x as i64)),
+            Self::U16(v) => store(out, v.iter().map(|&x| x as i64)),
+            Self::U8(v) => store(out, v.iter().map(|&x| x as i64)),
+            _ => false,
+        }
+    }
+
+    /// Every element as i64 (integer storage only).
+    pub fn to_i64_vec(&self) -> Option<Vec<i64>> {
+        Some(match self {
+            Self::U32(v) => v.iter().map(|&x| x as i64).collect(),
+            Self::I32(v) => v.iter().map(|&x| x as i64).collect(),
+            Self::U16(v) => v.iter().map(|&x| x as i64).collect(),
+            Self::U8(v) => v.iter().map(|&x| x as i64).collect(),
+            Self::Ternary(t) => t.unpack().into_iter().map(i64::from).collect(),
+            _ => return None,
+        })
+    }
+
+    /// Storage for `shape` in `dtype` from f32 values (rounding to bf16/block float; integers
+    /// and ternary values must be exact).
+    pub fn from_f32(
+        op: &'static str,
+        values: &[f32],
+        dtype: DataType,
+        shape: Shape,
+    ) -> Result<Self> {
+        let (rows, len) = (shape.rows(), shape.last());
+        Ok(match dtype {
+            DataType::Float32 => Self::F32(values.to_vec()),
+            DataType::Bfloat16 => Self::Bf16(values.iter().map(|&v| bf16::from_f32(v)).collect()),
+            DataType::Bfloat8B => {
+                Self::Block(BlockFloatData::encode(BlockFormat::Bfp8, values, rows, len))
+            }
+            DataType::Bfloat4B => {
+                Self::Block(BlockFloatData::encode(BlockFormat::Bfp4, values, rows, len))
+            }
+            DataType::Ternary => {
+                let mut q = Vec::with_capacity(values.len());
+                for &v in values {
+                    if v != -1.0 && v != 0.0 && v != 1.0 {
+                        return Err(conv(op, "f32", dtype, format!("{v} is not -1, 0 or 1")));
+                    }
+                    q.push(v as i8);
+                }
+                Self::Ternary(TernaryData::pack(&q, rows, len))
+            }
+            int => {
+                let mut ints = Vec::with_capacity(values.len());
+                for &v in values {
+                    if v.fract() != 0.0 || !v.is_finite() {
+                        return Err(conv(op, "f32", dtype, format!("{v} is not an integer")));
+                    }
+                    ints.push(v as i64);
+                }
+                Self::from_i64(op, "f32", &ints, int, shape)?
+            }
+        })
+    }
+
+    /// Storage from integers; each must fit `dtype` (floats convert, ternary must be -1/0/1).
+    pub fn from_i64(
+        op: &'static str,
+        from: &'static str,
+        values: &[i64],
+        dtype: DataType,
+        shape: Shape,
+    ) -> Result<Self> {
+        fn fit<T: TryFrom<i64>>(
+            op: &'static str,
+            from: &'static str,
+            dtype: DataType,
+            values: &[i64],
+        ) -> Result<Vec<T>> {
+            values
+                .iter()
+                .map(|&v| {
+                    T::try_from(v)
+                        .map_err(|_| conv(op, from, dtype, format!("{v} is out of range")))
+                })
+                .collect()
+        }
+        Ok(match dtype {
+            DataType::Uint32 => Self::U32(fit(op, from, dtype, values)?),
+            DataType::Int32 => Self::I32(fit(op, from, dtype, values)?),
+            DataType::Uint16 => Self::U16(fit(op, from, dtype, values)?),
+            DataType::Uint8 => Self::U8(fit(op, from, dtype, values)?),
+            DataType::Ternary => {
+                let mut q = Vec::with_capacity(values.len());
+                for &v in values {
+                    if !(-1..=1).contains(&v) {
+                        return Err(conv(op, from, dtype, format!("{v} is not -1, 0 or 1")));
+                    }
+                    q.push(v as i8);
+                }
+                Self::Ternary(TernaryData::pack(&q, shape.rows(), shape.last()))
+            }
+            float => {
+                let f: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+                Self::from_f32(op, &f, float, shape)?
+            }
+        })
+    }
+}
+
+fn conv(op: &'static str, from: &'static str, to: DataType, reason: String) -> Error {
+    Error::Conversion {
+        op,
+        from,
+        to,
+        reason,
+    }
+}
+
+/// Rust element types that tensors can be built from and read back into.
+pub trait Element: Copy + Send + Sync + 'static + sealed::Sealed {
+    /// The type's name in error messages.
+    const NAME: &'static str;
+    #[doc(hidden)]
+    fn into_host_data(
+        op: &'static str,
+        values: &[Self],
+        dtype: DataType,
+        shape: Shape,
+    ) -> Result<HostData>;
+    #[doc(hidden)]
+    fn into_host_data_owned(
+        op: &'static str,
+        values: Vec<Self>,
+        dtype: DataType,
+        shape: Shape,
+    ) -> Result<HostData> {
+        Self::into_host_data(op, &values, dtype, shape)
+    }
+    #[doc(hidden)]
+    fn from_host_data(op: &'static str, data: &HostData) -> Result<Vec<Self>>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for u32 {}
+    impl Sealed for i32 {}
+    impl Sealed for u16 {}
+    impl Sealed for u8 {}
+    impl Sealed for i8 {}
+}
+
+impl Element for f32 {
+    const NAME: &'static str = "f32";
+    fn into_host_data(
+        op: &'static str,
+        v: &[f32],
+        dtype: DataType,
+        shape: Shape,
+    ) -> Result<HostData> {
+        HostData::from_f32(op, v, dtype, shape)
+    }
+    fn into_host_data_owned(
+        op: &'static str,
+        v: Vec<f32>,
+        dtype: DataType,
+        shape: Shape,
+    ) -> Result<HostData> {
+        if dtype == DataType::Float32 {
+            return Ok(HostData::F32(v));
+        }
+        HostData::from_f32(op, &v, dtype, shape)
+    }
+    fn from_host_data(_op: &'static str, data: &HostData) -> Result<Vec<f32>> {
+        Ok(data.to_f32_vec())
+    }
+}
+
+impl Element for bf16 {
+    const NAME: &'static str = "bf16";
+    fn into_host_data(
+        op: &'static str,
+        v: &[bf16],
+        dtype: DataType,
+        shape: Shape,
+    ) -> Result<HostData> {
+        if dtype == DataType::Bfloat16 {
+            return Ok(HostData::Bf16(v.to_vec()));
+        }
+        let f: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
+        HostData::from_f32(op, &f, dtype, shape)
+    }
+    fn from_host_data(op: &'static str, data: &HostData) -> Result<Vec<bf16>> {
+        match data {
+            HostData::Bf16(v) => Ok(v.clone()),
+            d if d.dtype().is_float() => {
+                Ok(d.to_f32_vec().into_iter().map(bf16::from_f32).collect())
+            }
+            d => Err(conv(
+                op,
+                "bf16",
+                d.dtype(),
+                "read an integer tensor as integers".into(),
+            )),
+        }
+    }
+}
+
+macro_rules! int_element {
+    ($t:ty, $name:literal) => {
+        impl Element for $t {
+            const NAME: &'static str = $name;
+            fn into_host_data(
+                op: &'static str,
+                v: &[$t],
+                dtype: DataType,
+                shape: Shape,
+            ) -> Result<HostData> {
+                let ints: Vec<i64> = v.iter().map(|&x| x as i64).collect();
+                HostData::from_i64(op, $name, &ints, dtype, shape)
+            }
+            fn from_host_data(op: &'static str, data: &HostData) -> Result<Vec<$t>> {
+                let ints = data.to_i64_vec().ok_or_else(|| {
+                    conv(
+                        op,
+                        $name,
+                        data.dtype(),
+                        "read a float tensor as f32 or bf16".into(),
+                    )
+                })?;
+                ints.into_iter()
+                    .map(|x| {
+                        <$t>::try_from(x).map_err(|_| {
+                            conv(
+                                op,
+                                $name,
+                                data.dtype(),
+                                format!("{x} does not fit {}", $name),
+                            )
+                        })
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+int_element!(u32, "u32");
+int_element!(i32, "i32");
+int_element!(u16, "u16");
+int_element!(u8, "u8");
+int_element!(i8, "i8");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_range_checks() {
+        let s = Shape::new(&[3]);
+        assert!(u8::into_host_data("t", &[1, 2, 3], DataType::Uint8, s).is_ok());
+        let e = i32::into_host_data("t", &[1, -2, 3], DataType::Uint32, s).unwrap_err();
+        assert!(e.to_string().contains("-2 is out of range"), "{e}");
+        let e = f32::into_host_data("t", &[0.5, 1.0, 2.0], DataType::Ternary, s).unwrap_err();
+        assert!(e.to_string().contains("0.5"), "{e}");
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        let s = Shape::new(&[2]);
+        // 1 + 2^-8 is exactly halfway between two bf16 values: ties to even gives 1.0.
+        let d = f32::into_host_data(
+            "t",
+            &[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0],
+            DataType::Bfloat16,
+            s,
+        )
+        .expect("convert");
+        assert_eq!(d.to_f32_vec(), vec![1.0, 1.0 + 4.0 / 256.0]);
+    }
+}

@@ -1,0 +1,211 @@
+//! Elementwise commands: binary ops with broadcasting and fused input activations, unary ops,
+//! typecast.
+
+use std::sync::Arc;
+
+use super::{PAR_THRESHOLD, read_f32, write_f32};
+use crate::error::Result;
+use crate::host::{HostBuffer, HostCommand, HostCtx};
+use crate::ops::eltwise::{BinaryOpType, UnaryOp};
+use crate::types::{MAX_RANK, Shape};
+
+/// Maps output indices to an input's indices under numpy broadcasting.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Broadcast {
+    out_dims: [usize; MAX_RANK],
+    strides: [usize; MAX_RANK],
+    rank: usize,
+    /// Input equals output shape: index i maps to i.
+    identity: bool,
+    /// Input is one row broadcast to every output row: index i maps to i % width.
+    row: Option<usize>,
+}
+
+impl Broadcast {
+    /// `input` broadcast to `out` (both padded on the left to the same rank by the caller).
+    pub fn new(input: Shape, out: Shape) -> Self {
+        let rank = out.rank();
+        let mut out_dims = [1; MAX_RANK];
+        out_dims[..rank].copy_from_slice(out.dims());
+        let mut strides = [0; MAX_RANK];
+        let mut s = 1;
+        for i in (0..rank).rev() {
+            let d = input.dim(i as isize - rank as isize);
+            strides[i] = if d == 1 { 0 } else { s };
+            s *= d;
+        }
+        let identity = input.volume() == out.volume();
+        let row = (!identity && input.volume() == out.last() && input.last() == out.last())
+            .then_some(out.last());
+        Self {
+            out_dims,
+            strides,
+            rank,
+            identity,
+            row,
+        }
+    }
+
+    #[inline]
+    fn index(&self, mut i: usize) -> usize {
+        if self.identity {
+            return i;
+        }
+        if let Some(w) = self.row {
+            return i % w;
+        }
+        let mut idx = 0;
+        for d in (0..self.rank).rev() {
+            let n = self.out_dims[d];
+            idx += (i % n) * self.strides[d];
+            i /= n;
+        }
+        idx
+    }
+}
+
+#[inline]
+pub(crate) fn apply_unary(op: UnaryOp, x: f32) -> f32 {
+    match op {
+        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::Square => x * x,
+        UnaryOp::Neg => -x,
+        UnaryOp::Silu => x / (1.0 + (-x).exp()),
+        UnaryOp::Exp => x.exp(),
+    }
+}
+
+#[inline]
+fn apply_chain(ops: &[UnaryOp], mut x: f32) -> f32 {
+    for &op in ops {
+        x = apply_unary(op, x);
+    }
+    x
+}
+
+pub(crate) struct BinaryCmd {
+    pub a: Arc<HostBuffer>,
+    pub b: Arc<HostBuffer>,
+    pub out: Arc<HostBuffer>,
+    pub op: BinaryOpType,
+    pub a_activations: Vec<UnaryOp>,
+    pub a_bcast: Broadcast,
+    pub b_bcast: Broadcast,
+    pub len: usize,
+    pub sa: Vec<f32>,
+    pub sb: Vec<f32>,
+    pub so: Vec<f32>,
+}
+
+impl HostCommand for BinaryCmd {
+    fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
+        let (a_guard, b_guard) = (self.a.read(), self.b.read());
+        let a = read_f32(&a_guard, &mut self.sa);
+        let b = read_f32(&b_guard, &mut self.sb);
+        let mut out = self.out.write();
+        let (op, acts, ab, bb) = (self.op, &self.a_activations[..], self.a_bcast, self.b_bcast);
+        write_f32(&mut out, self.len, &mut self.so, |o| {
+            let kernel = |range: std::ops::Range<usize>, o: &mut [f32]| {
+                for (k, i) in range.enumerate() {
+                    let x = apply_chain(acts, a[ab.index(i)]);
+                    let y = b[bb.index(i)];
+                    o[k] = match op {
+                        BinaryOpType::Add => x + y,
+                        BinaryOpType::Subtract => x - y,
+                        BinaryOpType::Multiply => x * y,
+                    };
+                }
+            };
+            par_chunks(ctx, o, &kernel);
+        });
+        Ok(())
+    }
+}
+
+pub(crate) struct UnaryCmd {
+    pub input: Arc<HostBuffer>,
+    pub out: Arc<HostBuffer>,
+    pub ops: Vec<UnaryOp>,
+    pub len: usize,
+    pub si: Vec<f32>,
+    pub so: Vec<f32>,
+}
+
+impl HostCommand for UnaryCmd {
+    fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
+        let in_guard = self.input.read();
+        let x = read_f32(&in_guard, &mut self.si);
+        let mut out = self.out.write();
+        let ops = &self.ops[..];
+        write_f32(&mut out, self.len, &mut self.so, |o| {
+            par_chunks(ctx, o, &|range, o: &mut [f32]| {
+                for (k, i) in range.enumerate() {
+                    o[k] = apply_chain(ops, x[i]);
+                }
+            });
+        });
+        Ok(())
+    }
+}
+
+/// Splits `out` into contiguous chunks across the pool when it is large.
+pub(crate) fn par_chunks(
+    ctx: &HostCtx<'_>,
+    out: &mut [f32],
+    kernel: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync),
+) {
+    let n = out.len();
+    let threads = ctx.pool.num_threads();
+    if n < PAR_THRESHOLD || threads == 1 {
+        kernel(0..n, out);
+        return;
+    }
+    let per = n.div_ceil(threads * 4);
+    let base = SendPtr(out.as_mut_ptr());
+    ctx.pool.run(n.div_ceil(per), &|t| {
+        let start = t * per;
+        let end = (start + per).min(n);
+        // SAFETY: tasks cover disjoint ranges [start, end) of `out`, which outlives the pool
+        // run; so each task has exclusive access to its sub-slice.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+        kernel(start..end, chunk);
+    });
+}
+
+/// A raw pointer that tasks of one parallel region may share; each task writes a disjoint part.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub *mut T);
+// SAFETY: used only to hand disjoint sub-slices of one buffer to the tasks of a parallel region
+// (see each use); the buffer outlives the region.
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// Method access (rather than the field) makes closures capture the whole `Sync` wrapper.
+    #[inline]
+    pub fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// Typecast: integer to integer exactly (wrapping like a C cast); otherwise through f32, stored
+/// in the output's type (float to integer truncates toward zero).
+pub(crate) struct TypecastCmd {
+    pub input: Arc<HostBuffer>,
+    pub out: Arc<HostBuffer>,
+    pub si: Vec<f32>,
+}
+
+impl HostCommand for TypecastCmd {
+    fn run(&mut self, _ctx: &HostCtx<'_>) -> Result<()> {
+        let g = self.input.read();
+        let mut out = self.out.write();
+        if g.cast_ints_into(&mut out) {
+            return Ok(());
+        }
+        let x = read_f32(&g, &mut self.si);
+        out.store_f32(x);
+        Ok(())
+    }
+}

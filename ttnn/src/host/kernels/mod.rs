@@ -1,0 +1,67 @@
+//! Host kernels and the commands that run them. Each command owns its buffers and scratch, so
+//! running it (eagerly or from a trace) allocates nothing.
+
+pub(crate) mod eltwise;
+
+use super::data::HostData;
+
+/// `d` as f32 values: borrowed for f32 storage, decoded into `scratch` otherwise (no allocation
+/// once `scratch` has the capacity, which commands reserve when they are built).
+pub(crate) fn read_f32<'a>(d: &'a HostData, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+    match d {
+        HostData::F32(v) => v,
+        HostData::Bf16(v) => {
+            scratch.clear();
+            scratch.extend(v.iter().map(|x| x.to_f32()));
+            scratch
+        }
+        HostData::Block(b) => {
+            scratch.clear();
+            scratch.resize(b.rows * b.row_len, 0.0);
+            for r in 0..b.rows {
+                b.decode_row(r, &mut scratch[r * b.row_len..(r + 1) * b.row_len]);
+            }
+            scratch
+        }
+        other => {
+            scratch.clear();
+            match other {
+                HostData::U32(v) => scratch.extend(v.iter().map(|&x| x as f32)),
+                HostData::I32(v) => scratch.extend(v.iter().map(|&x| x as f32)),
+                HostData::U16(v) => scratch.extend(v.iter().map(|&x| x as f32)),
+                HostData::U8(v) => scratch.extend(v.iter().map(|&x| x as f32)),
+                HostData::Ternary(t) => {
+                    for r in 0..t.rows {
+                        for c in 0..t.row_len {
+                            scratch.push(f32::from(t.get(r, c)));
+                        }
+                    }
+                }
+                HostData::F32(_) | HostData::Bf16(_) | HostData::Block(_) => unreachable!(),
+            }
+            scratch
+        }
+    }
+}
+
+/// Runs `f` on an f32 view of `out` and stores the result in `out`'s precision: direct for f32
+/// storage, through `scratch` (then rounded) otherwise.
+pub(crate) fn write_f32(
+    out: &mut HostData,
+    len: usize,
+    scratch: &mut Vec<f32>,
+    f: impl FnOnce(&mut [f32]),
+) {
+    match out {
+        HostData::F32(v) => f(v),
+        other => {
+            scratch.clear();
+            scratch.resize(len, 0.0);
+            f(scratch);
+            other.store_f32(scratch);
+        }
+    }
+}
+
+/// Elements above which an elementwise kernel is worth splitting across threads.
+pub(crate) const PAR_THRESHOLD: usize = 1 << 15;

@@ -1,0 +1,218 @@
+//! The host backend: a functional model of a TT device on the CPU, and a fast engine.
+//!
+//! Ops validate their arguments once (in `crate::ops`), allocate their outputs, and hand the
+//! backend a [`HostCommand`]: the work to do, holding its input and output buffers and any
+//! scratch it needs. Outside a trace the command runs at once; during capture it is recorded
+//! (not run, as on a TT device) and a replay runs the recorded commands again with no
+//! allocation and no validation.
+
+pub(crate) mod blockfloat;
+pub(crate) mod data;
+pub(crate) mod kernels;
+pub(crate) mod pool;
+pub(crate) mod ternary;
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::device::{Allocation, DeviceSpec};
+use crate::error::{Error, Result};
+use crate::types::MemoryConfig;
+use data::HostData;
+use pool::ThreadPool;
+
+/// A device buffer of the host backend: its contents and its reservation in modelled memory.
+#[derive(Debug)]
+pub(crate) struct HostBuffer {
+    data: RwLock<HostData>,
+    pub memory_config: MemoryConfig,
+    _allocation: Allocation,
+}
+
+impl HostBuffer {
+    pub fn new(data: HostData, memory_config: MemoryConfig, allocation: Allocation) -> Self {
+        Self {
+            data: RwLock::new(data),
+            memory_config,
+            _allocation: allocation,
+        }
+    }
+
+    /// Shared access to the contents. Lock poisoning is ignored: a panicking kernel leaves
+    /// garbage values, not broken invariants.
+    pub fn read(&self) -> RwLockReadGuard<'_, HostData> {
+        self.data.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, HostData> {
+        self.data.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What a kernel may use while running.
+pub(crate) struct HostCtx<'a> {
+    pub pool: &'a ThreadPool,
+}
+
+/// One recorded unit of device work.
+pub(crate) trait HostCommand: Send + 'static {
+    /// Runs the work. Errors are data-dependent failures only (an index out of range in a
+    /// tensor); everything static was validated when the command was built.
+    fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()>;
+}
+
+struct Capture {
+    trace_id: u32,
+    commands: Vec<Box<dyn HostCommand>>,
+}
+
+/// The host backend's per-device state.
+pub(crate) struct HostDevice {
+    pub pool: ThreadPool,
+    capture: Mutex<Option<Capture>>,
+    next_trace_id: AtomicU32,
+    live_traces: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for HostDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostDevice")
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+/// Physical cores of this machine (one kernel thread per core: SMT siblings share the FMA and
+/// load units, so a second thread on a core does not speed up bandwidth-bound kernels).
+pub fn physical_cores() -> usize {
+    num_cpus::get_physical().max(1)
+}
+
+impl HostDevice {
+    pub fn new(spec: &DeviceSpec) -> Result<Self> {
+        let threads = spec.num_threads.unwrap_or_else(physical_cores);
+        if threads == 0 {
+            return Err(Error::arg("Device::open", "num_threads must be at least 1"));
+        }
+        let pool = ThreadPool::new(threads).map_err(|e| Error::Backend {
+            op: "Device::open",
+            backend: "host",
+            message: format!("cannot start {threads} worker threads: {e}"),
+        })?;
+        Ok(Self {
+            pool,
+            capture: Mutex::new(None),
+            next_trace_id: AtomicU32::new(0),
+            live_traces: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    fn capture(&self) -> std::sync::MutexGuard<'_, Option<Capture>> {
+        self.capture.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The id of the trace being captured, if any.
+    pub fn capturing(&self) -> Option<u32> {
+        self.capture().as_ref().map(|c| c.trace_id)
+    }
+
+    /// Fails with `TraceCaptureActive` when a capture is running (host writes and reads).
+    pub fn ensure_not_capturing(&self, op: &'static str) -> Result<()> {
+        match self.capturing() {
+            Some(trace_id) => Err(Error::TraceCaptureActive { op, trace_id }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `cmd` now, or records it if a trace is being captured.
+    pub fn submit<C: HostCommand>(&self, mut cmd: C) -> Result<()> {
+        {
+            let mut cap = self.capture();
+            if let Some(c) = cap.as_mut() {
+                c.commands.push(Box::new(cmd));
+                return Ok(());
+            }
+        }
+        cmd.run(&HostCtx { pool: &self.pool })
+    }
+
+    pub fn begin_capture(&self, op: &'static str) -> Result<u32> {
+        let mut cap = self.capture();
+        if let Some(c) = cap.as_ref() {
+            return Err(Error::TraceCaptureActive {
+                op,
+                trace_id: c.trace_id,
+            });
+        }
+        let trace_id = self.next_trace_id.fetch_add(1, Ordering::Relaxed);
+        *cap = Some(Capture {
+            trace_id,
+            commands: Vec::new(),
+        });
+        Ok(trace_id)
+    }
+
+    pub fn end_capture(&self, op: &'static str, trace_id: u32) -> Result<HostTrace> {
+        let mut cap = self.capture();
+        match cap.as_ref() {
+            None => {
+                return Err(Error::TraceState {
+                    op,
+                    reason: "no trace capture is active".into(),
+                });
+            }
+            Some(c) if c.trace_id != trace_id => {
+                return Err(Error::TraceState {
+                    op,
+                    reason: format!(
+                        "trace {} is being captured, not trace {trace_id}",
+                        c.trace_id
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+        let c = cap.take().expect("checked above");
+        self.live_traces.fetch_add(1, Ordering::Relaxed);
+        Ok(HostTrace {
+            commands: Mutex::new(c.commands),
+            live_traces: Arc::clone(&self.live_traces),
+        })
+    }
+
+    pub fn live_traces(&self) -> usize {
+        self.live_traces.load(Ordering::Relaxed)
+    }
+
+    /// Replays a captured trace: every recorded command, in order.
+    pub fn replay(&self, op: &'static str, trace: &HostTrace) -> Result<()> {
+        self.ensure_not_capturing(op)?;
+        let mut cmds = trace.commands.lock().unwrap_or_else(|e| e.into_inner());
+        let ctx = HostCtx { pool: &self.pool };
+        for c in cmds.iter_mut() {
+            c.run(&ctx)?;
+        }
+        Ok(())
+    }
+}
+
+/// A captured trace of the host backend: the commands with their buffers.
+pub(crate) struct HostTrace {
+    commands: Mutex<Vec<Box<dyn HostCommand>>>,
+    live_traces: Arc<AtomicUsize>,
+}
+
+impl HostTrace {
+    pub fn num_commands(&self) -> usize {
+        self.commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+impl Drop for HostTrace {
+    fn drop(&mut self) {
+        self.live_traces.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,42 @@
+//! `ttnn`: TT-NN in Rust.
+//!
+//! This crate owns the tensor API that the BitNet model is written against, in TT-NN's own
+//! vocabulary (`Device`, `Tensor`, `MemoryConfig`, `ShardSpec`, traces, and ops such as
+//! `linear`, `rms_norm`, `rotary_embedding_llama`, `paged_update_cache`,
+//! `paged_scaled_dot_product_attention_decode`), plus `experimental::bitlinear`, the one op
+//! TT-NN lacks. It knows nothing about BitNet.
+//!
+//! Backends:
+//! - **host** (always built, the default): a functional model of a Tenstorrent chip on the CPU.
+//!   It accounts DRAM and per-core L1 as the modelled chip would, records and replays traces,
+//!   and runs every op with CPU kernels.
+//!
+//! ```
+//! use ttnn::{DataType, Device, DeviceSpec, Layout, Tensor, DRAM_MEMORY_CONFIG};
+//! # fn main() -> ttnn::Result<()> {
+//! let device = Device::open(DeviceSpec::default())?;
+//! let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0], [1, 4], DataType::Float32, Layout::RowMajor)?
+//!     .to_device(&device, &DRAM_MEMORY_CONFIG)?;
+//! let b = ttnn::add(&a, &a, &Default::default())?;
+//! assert_eq!(b.to_vec::<f32>()?, vec![2.0, 4.0, 6.0, 8.0]);
+//! # Ok(()) }
+//! ```
+
+pub mod device;
+pub mod error;
+mod host;
+pub mod ops;
+pub mod tensor;
+pub mod trace;
+pub mod types;
+
+pub use device::{BackendKind, ChipSpec, Device, DeviceSpec, MemoryReport, MemoryUsage};
+pub use error::{Error, Result};
+pub use host::data::Element;
+pub use host::physical_cores;
+pub use ops::*;
+pub use tensor::{Tensor, copy_host_to_device};
+pub use trace::{
+    Trace, TraceId, begin_trace_capture, end_trace_capture, execute_trace, release_trace,
+};
+pub use types::*;
