@@ -4,7 +4,16 @@
 //! `validate` does, and returns an error naming the op; then it allocates its outputs and hands
 //! the backend the work. Optional arguments live in `...Args` structs with `Default`.
 
+pub mod attention;
+pub mod bitlinear;
+pub mod data_movement;
 pub mod eltwise;
+pub mod embedding;
+pub mod kv_cache;
+pub mod matmul;
+pub mod norm;
+pub mod rotary;
+pub mod sampling;
 
 pub use eltwise::{
     BinaryArgs, BinaryOpType, UnaryArgs, UnaryOp, add, multiply, relu, square, subtract, typecast,

@@ -1,7 +1,16 @@
 //! Host kernels and the commands that run them. Each command owns its buffers and scratch, so
 //! running it (eagerly or from a trace) allocates nothing.
 
+pub(crate) mod attention;
+pub(crate) mod bitlinear;
+pub(crate) mod data_movement;
 pub(crate) mod eltwise;
+pub(crate) mod embedding;
+pub(crate) mod kv_cache;
+pub(crate) mod matmul;
+pub(crate) mod norm;
+pub(crate) mod rotary;
+pub(crate) mod sampling;
 
 use super::data::HostData;
 

@@ -1,0 +1,1 @@
+//! Host kernels for data movement: `reshape`, `to_memory_config`, `copy`, and the attention head split/concat ops.

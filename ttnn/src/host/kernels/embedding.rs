@@ -1,0 +1,1 @@
+//! Host kernels for `embedding`: row lookup (token embeddings, RoPE table rows).

@@ -1,0 +1,1 @@
+//! Host kernels for paged KV cache writes: `paged_update_cache`, `paged_fill_cache`.

@@ -1,0 +1,1 @@
+//! Host kernels for `rms_norm`.

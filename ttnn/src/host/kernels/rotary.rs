@@ -1,0 +1,1 @@
+//! Host kernels for `experimental::rotary_embedding_llama` and its transformation matrix.

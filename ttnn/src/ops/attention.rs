@@ -1,0 +1,1 @@
+//! Attention: paged decode SDPA, causal prefill SDPA, chunked prefill SDPA.

@@ -1,0 +1,1 @@
+//! `experimental::bitlinear`: per-token int8 absmax activation quantization, ternary matmul, per-tensor scale.

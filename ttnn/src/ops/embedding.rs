@@ -1,0 +1,1 @@
+//! `embedding`: row lookup (token embeddings, RoPE table rows).

@@ -1,0 +1,1 @@
+//! `experimental::rotary_embedding_llama` and its transformation matrix.

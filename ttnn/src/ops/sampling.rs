@@ -1,0 +1,1 @@
+//! Token selection on the device: `argmax`, `topk`, `sampling`, `plus_one`.
