@@ -689,12 +689,6 @@ pub(crate) struct Allocation {
     plan: BufferPlan,
 }
 
-impl Allocation {
-    pub fn bytes(&self) -> u64 {
-        self.plan.total_bytes()
-    }
-}
-
 impl Drop for Allocation {
     fn drop(&mut self) {
         self.allocator

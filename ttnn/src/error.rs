@@ -24,12 +24,12 @@ pub enum Error {
         core: Option<crate::types::CoreCoord>,
     },
     /// An input tensor had the wrong shape.
-    #[error("{op}: {what}: expected shape {expected}, got {got}")]
+    #[error("{op}: {what}: expected shape {expected}, got {got:?}")]
     ShapeMismatch {
         op: &'static str,
         what: String,
         expected: String,
-        got: Shape,
+        got: Vec<usize>,
     },
     /// An input tensor had a data type the op does not take.
     #[error("{op}: {what}: data type {got:?} is not supported (expected {expected})")]
@@ -114,7 +114,7 @@ impl Error {
             op,
             what: what.into(),
             expected: expected.into(),
-            got,
+            got: got.dims().to_vec(),
         }
     }
 

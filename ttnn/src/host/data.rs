@@ -21,12 +21,6 @@ pub enum HostData {
     Ternary(TernaryData),
 }
 
-/// bf16 bits of `v`, rounded to nearest even (NaN stays NaN).
-#[inline]
-pub(crate) fn round_to_bf16_bits(v: f32) -> u16 {
-    bf16::from_f32(v).to_bits()
-}
-
 impl HostData {
     /// Zero-filled storage for `shape` in `dtype`.
     pub fn zeros(dtype: DataType, shape: Shape) -> Self {

@@ -166,6 +166,7 @@ impl ThreadPool {
     }
 
     /// Splits `0..n` into at most `chunks` contiguous ranges and runs `f(range)` on each.
+    #[allow(dead_code)] // for kernels that split by ranges; the first users land separately
     pub(crate) fn for_ranges(
         &self,
         n: usize,

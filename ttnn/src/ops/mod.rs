@@ -89,14 +89,6 @@ pub(crate) fn expect_layout(
     })
 }
 
-/// Fails unless `t` has rank `rank`.
-pub(crate) fn expect_rank(op: &'static str, what: &str, t: &Tensor, rank: usize) -> Result<()> {
-    if t.shape().rank() == rank {
-        return Ok(());
-    }
-    Err(Error::shape(op, what, format!("rank {rank}"), t.shape()))
-}
-
 /// Float activations the host computes on.
 pub(crate) const FLOAT_TYPES: &[DataType] = &[
     DataType::Float32,
@@ -152,7 +144,7 @@ pub(crate) fn resolve_shard_spec(
     let largest_divisor = |units: usize, max: usize| {
         (1..=max.min(units))
             .rev()
-            .find(|d| units % d == 0)
+            .find(|d| units.is_multiple_of(*d))
             .unwrap_or(1)
     };
     let max_cores = grid.x * grid.y;

@@ -26,7 +26,14 @@ pub fn upload(
 
 /// Uploads f32 values as a Float32 tile tensor in DRAM.
 pub fn upload_f32(device: &Device, values: &[f32], shape: &[usize]) -> Tensor {
-    upload(device, values, shape, DataType::Float32, Layout::Tile, &ttnn::DRAM_MEMORY_CONFIG)
+    upload(
+        device,
+        values,
+        shape,
+        DataType::Float32,
+        Layout::Tile,
+        &ttnn::DRAM_MEMORY_CONFIG,
+    )
 }
 
 /// Asserts `|got - want| <= atol + rtol * |want|` elementwise, naming the first failure.

@@ -1,0 +1,109 @@
+//! Replaying a trace allocates nothing on the heap (a counting global allocator checks it).
+//! Its own test binary, with one test, so no other test allocates concurrently.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use ttnn::ops::sampling::{ArgmaxArgs, PlusOneArgs, TopkArgs, argmax, plus_one, topk};
+use ttnn::{
+    BinaryArgs, DRAM_MEMORY_CONFIG, DataType, Layout, Tensor, UnaryOp, begin_trace_capture,
+    end_trace_capture, execute_trace,
+};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only adds a counter.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: AllocLayout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn replay_does_not_allocate() {
+    let dev = common::device();
+    let mut rng = common::Rng::new(9);
+    // Big enough for the eltwise kernels to use the worker pool.
+    let (rows, width) = (64, 1024);
+    let up = |v: Vec<f32>, shape: &[usize], dtype| {
+        Tensor::from_slice(&v, shape, dtype, Layout::Tile)
+            .expect("host")
+            .to_device(&dev, &DRAM_MEMORY_CONFIG)
+            .expect("dev")
+    };
+    let a = up(
+        rng.vec(rows * width, 1.0),
+        &[rows, width],
+        DataType::Bfloat16,
+    );
+    let b = up(rng.vec(width, 1.0), &[1, width], DataType::Float32);
+    let pos = Tensor::from_slice(&[1i32, 2], [2], DataType::Int32, Layout::RowMajor)
+        .expect("pos")
+        .to_device(&dev, &DRAM_MEMORY_CONFIG)
+        .expect("pos");
+    let tid = begin_trace_capture(&dev, 0).expect("begin");
+    let m = ttnn::multiply(
+        &a,
+        &b,
+        &BinaryArgs {
+            input_tensor_a_activations: vec![UnaryOp::Relu, UnaryOp::Square],
+            ..Default::default()
+        },
+    )
+    .expect("multiply");
+    let s = ttnn::add(
+        &m,
+        &a,
+        &BinaryArgs {
+            dtype: Some(DataType::Bfloat8B),
+            ..Default::default()
+        },
+    )
+    .expect("add");
+    let _am = argmax(
+        &s,
+        &ArgmaxArgs {
+            dim: Some(-1),
+            ..Default::default()
+        },
+    )
+    .expect("argmax");
+    let _tk = topk(&m, 32, &TopkArgs::default()).expect("topk");
+    let _tc = ttnn::typecast(&s, DataType::Float32, None).expect("typecast");
+    plus_one(&pos, &PlusOneArgs::default()).expect("plus_one");
+    let trace = end_trace_capture(&dev, tid, 0).expect("end");
+    // Commands reserve their scratch when built, so even the first replay allocates nothing.
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..5 {
+        execute_trace(&dev, &trace, 0, true).expect("replay");
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(
+        ALLOCS.load(Ordering::SeqCst),
+        0,
+        "heap allocations during trace replay"
+    );
+}
