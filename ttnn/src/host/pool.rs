@@ -48,6 +48,9 @@ impl Job {
 }
 
 struct Shared {
+    /// Workers that have entered their loop; `new` waits for all of them, so thread start-up
+    /// (which allocates) never overlaps the first parallel region.
+    started: AtomicUsize,
     generation: AtomicU64,
     job: AtomicPtr<Job>,
     shutdown: AtomicBool,
@@ -75,6 +78,7 @@ impl ThreadPool {
     /// A pool running on `threads` threads in all (the caller counts as one).
     pub(crate) fn new(threads: usize) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
+            started: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
             shutdown: AtomicBool::new(false),
@@ -184,6 +188,7 @@ impl ThreadPool {
 
 fn worker_loop(shared: &Shared) {
     IN_WORKER.with(|w| w.set(true));
+    shared.started.fetch_add(1, Ordering::Release);
     let mut seen = 0u64;
     loop {
         let mut spins = 0u32;
