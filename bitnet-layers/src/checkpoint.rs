@@ -7,6 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use safetensors::tensor::TensorInfo;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
@@ -16,7 +17,7 @@ struct MappedFile {
     mmap: Mmap,
     /// Start of the data section (8-byte length + JSON header).
     data_start: usize,
-    tensors: HashMap<String, (Dtype, Vec<usize>, (usize, usize))>,
+    tensors: HashMap<String, TensorInfo>,
 }
 
 /// An opened checkpoint directory.
