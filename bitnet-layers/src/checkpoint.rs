@@ -61,10 +61,7 @@ fn map_file(path: &Path) -> Result<MappedFile> {
         .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
     let mut tensors = HashMap::new();
     for (name, info) in meta.tensors() {
-        tensors.insert(
-            name.clone(),
-            (info.dtype, info.shape.clone(), info.data_offsets),
-        );
+        tensors.insert(name.clone(), info.clone());
     }
     Ok(MappedFile {
         path: path.to_path_buf(),
@@ -159,10 +156,11 @@ impl Checkpoint {
             location: self.dir.display().to_string(),
         })?;
         let f = &self.files[fi];
-        let (dtype, shape, (start, end)) = &f.tensors[name];
+        let info = &f.tensors[name];
+        let (start, end) = info.data_offsets;
         Ok(RawTensor {
-            dtype: *dtype,
-            shape,
+            dtype: info.dtype,
+            shape: &info.shape,
             data: &f.mmap[f.data_start + start..f.data_start + end],
         })
     }
