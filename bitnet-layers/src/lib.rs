@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod ternary;
 
 pub use checkpoint::{Checkpoint, Weights};
 pub use config::{BitNetConfig, LinearClass, QuantizationMode};
