@@ -52,7 +52,7 @@ impl TernaryWeight {
 
     fn load_packed(w: &Weights<'_>, out: usize, inp: usize, class: LinearClass) -> Result<Self> {
         let name = w.name("weight");
-        if out % 4 != 0 {
+        if !out.is_multiple_of(4) {
             return Err(Error::TensorShape {
                 name,
                 expected: vec![out.div_ceil(4), inp],
