@@ -129,6 +129,18 @@ impl DeviceSpec {
     }
 }
 
+/// How much memory a buffer takes and where (see [`Device::buffer_footprint`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferFootprint {
+    pub buffer_type: BufferType,
+    /// Bytes over all banks or cores, padding and alignment included.
+    pub total_bytes: u64,
+    /// L1 buffers: bytes on each core that holds part of the buffer (0 for DRAM).
+    pub bytes_per_core: u64,
+    /// L1 buffers: how many cores hold part of it (0 for DRAM).
+    pub num_cores: usize,
+}
+
 /// Memory in use, at peak and in all, for one kind of memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct MemoryUsage {
@@ -290,6 +302,32 @@ impl Device {
         match &self.inner.backend {
             BackendImpl::Host(h) => h,
         }
+    }
+
+    /// Where a tensor of `shape`/`dtype`/`layout` would go under `mc`, without allocating it:
+    /// what a memory plan checks before the first op runs. Errors for an invalid config.
+    pub fn buffer_footprint(
+        &self,
+        shape: Shape,
+        dtype: DataType,
+        layout: Layout,
+        mc: &MemoryConfig,
+    ) -> Result<BufferFootprint> {
+        let plan = buffer_plan("Device::buffer_footprint", &self.inner.spec.chip, shape, dtype, layout, mc)?;
+        Ok(match plan {
+            BufferPlan::Dram { bytes } => BufferFootprint {
+                buffer_type: BufferType::Dram,
+                total_bytes: bytes,
+                bytes_per_core: 0,
+                num_cores: 0,
+            },
+            BufferPlan::L1 { small, ref cores, bytes_per_core } => BufferFootprint {
+                buffer_type: if small { BufferType::L1Small } else { BufferType::L1 },
+                total_bytes: plan.total_bytes(),
+                bytes_per_core,
+                num_cores: cores.len(),
+            },
+        })
     }
 
     /// Reserves device memory for a tensor of `shape`/`dtype`/`layout` under `mc`, as the chip's
