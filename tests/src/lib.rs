@@ -1,9 +1,160 @@
 //! Workspace-level integration tests (in `tests/`): golden tests against the HF oracle and CLI
-//! end-to-end tests. This library holds what those tests share: fixture paths and comparisons.
+//! end-to-end tests. This library holds what those tests share: fixture paths, golden files,
+//! and logit comparisons with the oracle's tolerances.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
 
 /// `tests/fixtures/` of this workspace.
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// A fixture checkpoint directory by name (`tiny-2b4t-format`, ...).
+pub fn model_dir(name: &str) -> PathBuf {
+    fixtures_dir().join(name)
+}
+
+/// A float32 or int64 tensor from a golden file.
+#[derive(Clone, Debug)]
+pub struct GoldenTensor {
+    pub shape: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+impl GoldenTensor {
+    /// Row `i` of a 2-D tensor.
+    pub fn row(&self, i: usize) -> &[f64] {
+        let w = *self.shape.last().unwrap_or(&1);
+        &self.values[i * w..(i + 1) * w]
+    }
+}
+
+/// `golden.json` and `golden.safetensors` of a fixture.
+#[derive(Debug)]
+pub struct Golden {
+    pub json: serde_json::Value,
+    bytes: Vec<u8>,
+}
+
+impl Golden {
+    pub fn load(dir: &Path) -> Self {
+        let json = std::fs::read_to_string(dir.join("golden.json")).expect("golden.json");
+        let bytes = std::fs::read(dir.join("golden.safetensors")).expect("golden.safetensors");
+        Self {
+            json: serde_json::from_str(&json).expect("golden.json parses"),
+            bytes,
+        }
+    }
+
+    /// Tensor `name` (e.g. `fp32.prompt_logits`), converted to f64.
+    pub fn tensor(&self, name: &str) -> GoldenTensor {
+        let st = SafeTensors::deserialize(&self.bytes).expect("golden.safetensors parses");
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
+        let d = t.data();
+        let values = match t.dtype() {
+            Dtype::F32 => d
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+                .collect(),
+            Dtype::I64 => d
+                .chunks_exact(8)
+                .map(|b| {
+                    i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64
+                })
+                .collect(),
+            other => panic!("golden tensor {name}: unexpected dtype {other:?}"),
+        };
+        GoldenTensor {
+            shape: t.shape().to_vec(),
+            values,
+        }
+    }
+
+    /// The prompt ids.
+    pub fn prompt_ids(&self) -> Vec<u32> {
+        ids(&self.json["prompt_ids"])
+    }
+
+    /// Greedy ids of run `run` (`fp32` or `bf16`).
+    pub fn greedy(&self, run: &str) -> Vec<u32> {
+        ids(&self.json["runs"][run]["greedy"])
+    }
+
+    /// top1 - top2 margins of the greedy steps of run `run`.
+    pub fn greedy_margins(&self, run: &str) -> Vec<f64> {
+        self.json["runs"][run]["greedy_margins"]
+            .as_array()
+            .expect("greedy_margins")
+            .iter()
+            .map(|v| v.as_f64().expect("margin"))
+            .collect()
+    }
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("id list")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+/// |Δ| statistics of one comparison.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DiffStats {
+    pub median: f64,
+    pub max: f64,
+    /// Index of the largest difference.
+    pub argmax: usize,
+}
+
+/// Median and max of |got - want|.
+pub fn diff_stats(got: &[f32], want: &[f64]) -> DiffStats {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let mut d: Vec<f64> = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).abs())
+        .collect();
+    let (argmax, max) = d
+        .iter()
+        .copied()
+        .enumerate()
+        .fold((0, 0f64), |a, (i, v)| if v > a.1 { (i, v) } else { a });
+    d.sort_by(|a, b| a.total_cmp(b));
+    DiffStats {
+        median: d.get(d.len() / 2).copied().unwrap_or(0.0),
+        max,
+        argmax,
+    }
+}
+
+/// Index of the largest value (first on ties).
+pub fn argmax<T: Copy + PartialOrd>(v: &[T]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// top1 - top2 of a row.
+pub fn margin(v: &[f64]) -> f64 {
+    let mut a = f64::NEG_INFINITY;
+    let mut b = f64::NEG_INFINITY;
+    for &x in v {
+        if x > a {
+            b = a;
+            a = x;
+        } else if x > b {
+            b = x;
+        }
+    }
+    a - b
 }

@@ -313,7 +313,14 @@ impl Device {
         layout: Layout,
         mc: &MemoryConfig,
     ) -> Result<BufferFootprint> {
-        let plan = buffer_plan("Device::buffer_footprint", &self.inner.spec.chip, shape, dtype, layout, mc)?;
+        let plan = buffer_plan(
+            "Device::buffer_footprint",
+            &self.inner.spec.chip,
+            shape,
+            dtype,
+            layout,
+            mc,
+        )?;
         Ok(match plan {
             BufferPlan::Dram { bytes } => BufferFootprint {
                 buffer_type: BufferType::Dram,
@@ -321,8 +328,16 @@ impl Device {
                 bytes_per_core: 0,
                 num_cores: 0,
             },
-            BufferPlan::L1 { small, ref cores, bytes_per_core } => BufferFootprint {
-                buffer_type: if small { BufferType::L1Small } else { BufferType::L1 },
+            BufferPlan::L1 {
+                small,
+                ref cores,
+                bytes_per_core,
+            } => BufferFootprint {
+                buffer_type: if small {
+                    BufferType::L1Small
+                } else {
+                    BufferType::L1
+                },
                 total_bytes: plan.total_bytes(),
                 bytes_per_core,
                 num_cores: cores.len(),

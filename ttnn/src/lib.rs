@@ -30,7 +30,9 @@ pub mod tensor;
 pub mod trace;
 pub mod types;
 
-pub use device::{BackendKind, BufferFootprint, ChipSpec, Device, DeviceSpec, MemoryReport, MemoryUsage};
+pub use device::{
+    BackendKind, BufferFootprint, ChipSpec, Device, DeviceSpec, MemoryReport, MemoryUsage,
+};
 pub use error::{Error, Result};
 pub use host::data::Element;
 pub use host::physical_cores;
