@@ -94,6 +94,9 @@ impl ThreadPool {
                     .spawn(move || worker_loop(&s))?,
             );
         }
+        while shared.started.load(Ordering::Acquire) < workers.len() {
+            std::thread::yield_now();
+        }
         Ok(Self {
             shared,
             workers,
