@@ -1,1 +1,219 @@
-//! `experimental::bitlinear`: per-token int8 absmax activation quantization, ternary matmul, per-tensor scale.
+//! `experimental::bitlinear`: per-token int8 absmax activation quantization, ternary matmul,
+//! per-tensor scale. TT-NN has no such op; it is BitNet b1.58's linear layer.
+//!
+//! Math (HF transformers' `ActQuant` / `act_quant`, computed in f32), per input row `x` (token):
+//! ```text
+//! s      = 127 / max(max_k |x[k]|, 1e-5)                     (as torch: reciprocal, then * 127)
+//! q[k]   = clamp(round_half_even(x[k] * s), -128, 127)      (x[k] * s is one f32 multiply)
+//! acc[n] = sum_k q[k] * t[n, k]                             (exact, i32)
+//! y[n]   = acc[n] / s * weight_scale                        (Multiply: HF AutoBitLinear, 2B-4T)
+//! y[n]   = acc[n] / (weight_scale * s)                      (Divide: HF BitLinear)
+//! ```
+//! The integer sum is exact, so a row's output does not depend on anything but that row: the op
+//! is batch invariant by construction.
+
+use std::sync::Arc;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::host::HostBuffer;
+use crate::host::kernels::bitlinear::{BitLinearCmd, QuantizeCmd};
+use crate::ops::{
+    FLOAT_TYPES, expect_dtype, expect_layout, on_device, on_same_device, output_memory_config,
+};
+use crate::tensor::Tensor;
+use crate::types::{ComputeKernelConfig, DRAM_MEMORY_CONFIG, DataType, Layout, MemoryConfig};
+
+/// How `weight_scale` enters the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum WeightScaleMode {
+    /// `y = acc / s * weight_scale`: HF `AutoBitLinear` (`linear_class="autobitlinear"`, the
+    /// packed 2B-4T checkpoint), where `weight_scale` = mean |W| (values much below 1).
+    #[default]
+    Multiply,
+    /// `y = acc / (weight_scale * s)`: HF `BitLinear` (`linear_class="bitlinear"`), where
+    /// `weight_scale` = 1 / mean |W| (values much above 1).
+    Divide,
+}
+
+/// Optional arguments of [`bitlinear`].
+#[derive(Clone, Debug)]
+pub struct BitLinearArgs {
+    /// The per-tensor weight scale (default 1.0); must be finite and non-zero.
+    pub weight_scale: f32,
+    /// Default: [`WeightScaleMode::Multiply`].
+    pub scale_mode: WeightScaleMode,
+    /// Default: DRAM interleaved (as `ttnn::linear`, which this op replaces).
+    pub memory_config: Option<MemoryConfig>,
+    /// Output dtype (a float type). Default: the input's.
+    pub dtype: Option<DataType>,
+    /// Kept for the TT backend; the host's integer math does not depend on it.
+    pub compute_kernel_config: Option<ComputeKernelConfig>,
+}
+
+impl Default for BitLinearArgs {
+    fn default() -> Self {
+        Self {
+            weight_scale: 1.0,
+            scale_mode: WeightScaleMode::Multiply,
+            memory_config: None,
+            dtype: None,
+            compute_kernel_config: None,
+        }
+    }
+}
+
+/// Optional arguments of [`quantize_activations_int8`].
+#[derive(Clone, Debug, Default)]
+pub struct QuantizeActivationsArgs {
+    /// Memory config of both outputs. Default: the input's.
+    pub memory_config: Option<MemoryConfig>,
+}
+
+/// The activation dtypes the quantizer reads (it computes in f32, as HF's `ActQuant` does).
+const INPUT_TYPES: &[DataType] = &[DataType::Float32, DataType::Bfloat16];
+
+/// Checks `input` and returns its device buffer and `K`.
+fn check_input<'a>(
+    op: &'static str,
+    input: &'a Tensor,
+) -> Result<(&'a Device, &'a Arc<HostBuffer>, usize)> {
+    let (device, ib) = on_device(op, "input", input)?;
+    expect_dtype(op, "input", input, INPUT_TYPES)?;
+    expect_layout(op, "input", input, Layout::Tile)?;
+    if input.shape().rank() == 0 || input.shape().last() == 0 {
+        return Err(Error::shape(
+            op,
+            "input",
+            "[..., M, K] with K > 0",
+            input.shape(),
+        ));
+    }
+    Ok((device, ib, input.shape().last()))
+}
+
+/// BitNet b1.58's linear layer: `y = dequant(int8(input) · ternary(weight)^T)` (see the module
+/// docs for the exact math). The op name is `ttnn::experimental::bitlinear`.
+///
+/// - `input`: `[..., M, K]`, Float32 or Bfloat16, TILE, on the device. Quantized per row in f32.
+///   Host note: HF's `BitLinear` class quantizes in the model dtype (bf16 rounding of `s` and
+///   `x * s` in a bf16 model); this op always quantizes in f32, which is HF's behaviour for f32
+///   models and for `AutoBitLinear` in any dtype.
+/// - `weight`: DataType::Ternary, TILE, on the same device, logical shape `[N, K]` = `[out_features,
+///   in_features]`, like torch's `F.linear` weight (not pre-transposed as tt_transformers stores
+///   its bf16 weights); leading dims of 1 are allowed (`[1, 1, N, K]`).
+/// - Output: `[..., M, N]`, dtype `args.dtype` or the input's (float types), TILE, memory config
+///   `args.memory_config` or DRAM interleaved.
+pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs) -> Result<Tensor> {
+    let op = "ttnn::experimental::bitlinear";
+    let (device, ib, k) = check_input(op, input)?;
+    let wb = on_same_device(op, "weight", device, weight)?;
+    if weight.dtype() != DataType::Ternary {
+        return Err(Error::dtype(op, "weight", weight.dtype(), "Ternary"));
+    }
+    expect_layout(op, "weight", weight, Layout::Tile)?;
+    let ws = weight.shape();
+    let leading_ones = ws.rank() >= 2 && ws.dims()[..ws.rank() - 2].iter().all(|&d| d == 1);
+    if !leading_ones || ws.last() != k || ws.dim(-2) == 0 {
+        return Err(Error::shape(
+            op,
+            "weight",
+            format!("[N, {k}] (out_features x in_features, K = the input's last dim)"),
+            ws,
+        ));
+    }
+    let n = ws.dim(-2);
+    if !args.weight_scale.is_finite() || args.weight_scale == 0.0 {
+        return Err(Error::arg(
+            op,
+            format!(
+                "weight_scale must be finite and non-zero, got {}",
+                args.weight_scale
+            ),
+        ));
+    }
+    let dtype = args.dtype.unwrap_or(input.dtype());
+    if !FLOAT_TYPES.contains(&dtype) {
+        return Err(Error::dtype(
+            op,
+            "the output",
+            dtype,
+            format!("{FLOAT_TYPES:?}"),
+        ));
+    }
+    let out_shape = input.shape().with_last(n);
+    let requested = args.memory_config.clone().unwrap_or(DRAM_MEMORY_CONFIG);
+    let mc = output_memory_config(op, device, Some(&requested), input, out_shape, Layout::Tile)?;
+    let out = Tensor::allocate(device, op, out_shape, dtype, Layout::Tile, &mc)?;
+    let rows = input.shape().rows();
+    device.host().submit(BitLinearCmd {
+        input: ib.clone(),
+        weight: wb.clone(),
+        out: out.device_buffer(op, "output")?.1.clone(),
+        rows,
+        k,
+        n,
+        weight_scale: args.weight_scale,
+        mode: args.scale_mode,
+        sx: Vec::with_capacity(if input.dtype() == DataType::Float32 {
+            0
+        } else {
+            rows * k
+        }),
+        q: Vec::with_capacity(rows * k),
+        scales: Vec::with_capacity(rows),
+        so: Vec::with_capacity(if dtype == DataType::Float32 {
+            0
+        } else {
+            rows * n
+        }),
+    })?;
+    Ok(out)
+}
+
+/// The activation half of [`bitlinear`] on its own (`ttnn::experimental::quantize_activations_int8`),
+/// so that the int8 codes and scales can be checked: returns `(q, s)` with `q` Int32 of the
+/// input's shape and `s = 127 / max(absmax, 1e-5)` Float32 of shape `[..., M, 1]`, both TILE.
+/// It runs the very quantization function `bitlinear` uses.
+pub fn quantize_activations_int8(
+    input: &Tensor,
+    args: &QuantizeActivationsArgs,
+) -> Result<(Tensor, Tensor)> {
+    let op = "ttnn::experimental::quantize_activations_int8";
+    let (device, ib, k) = check_input(op, input)?;
+    let shape = input.shape();
+    let s_shape = shape.with_last(1);
+    let q_mc = output_memory_config(
+        op,
+        device,
+        args.memory_config.as_ref(),
+        input,
+        shape,
+        Layout::Tile,
+    )?;
+    let s_mc = output_memory_config(
+        op,
+        device,
+        args.memory_config.as_ref(),
+        input,
+        s_shape,
+        Layout::Tile,
+    )?;
+    let q = Tensor::allocate(device, op, shape, DataType::Int32, Layout::Tile, &q_mc)?;
+    let s = Tensor::allocate(device, op, s_shape, DataType::Float32, Layout::Tile, &s_mc)?;
+    let rows = shape.rows();
+    device.host().submit(QuantizeCmd {
+        input: ib.clone(),
+        q_out: q.device_buffer(op, "q")?.1.clone(),
+        s_out: s.device_buffer(op, "scale")?.1.clone(),
+        rows,
+        k,
+        sx: Vec::with_capacity(if input.dtype() == DataType::Float32 {
+            0
+        } else {
+            rows * k
+        }),
+        qrow: Vec::with_capacity(k),
+    })?;
+    Ok((q, s))
+}
