@@ -1,1 +1,152 @@
-//! Host kernels for `embedding`: row lookup (token embeddings, RoPE table rows).
+//! Host kernels for `embedding`.
+
+use std::sync::Arc;
+
+use half::bf16;
+
+use super::write_f32;
+use crate::error::{Error, Result};
+use crate::host::data::HostData;
+use crate::host::{HostBuffer, HostCommand, HostCtx};
+
+const OP: &str = "ttnn::embedding";
+
+/// The table row for position `t`, `None` for the pad token; an error names the bad id.
+#[inline]
+fn row_of(ids: &HostData, t: usize, vocab: usize, pad: Option<u32>) -> Result<Option<usize>> {
+    // Ids are widened to i64 so that every storage type is checked the same way.
+    let id: i64 = match ids {
+        HostData::U32(v) => i64::from(v[t]),
+        HostData::I32(v) => i64::from(v[t]),
+        HostData::Bf16(v) => {
+            let f = v[t].to_f32();
+            if f.fract() != 0.0 || !f.is_finite() {
+                return Err(Error::arg(
+                    OP,
+                    format!("token id {f} at position {t} is not an integer"),
+                ));
+            }
+            f as i64
+        }
+        // Validation admits only the three types above.
+        other => unreachable!("embedding ids stored as {:?}", other.dtype()),
+    };
+    if pad.is_some_and(|p| i64::from(p) == id) {
+        return Ok(None);
+    }
+    if id < 0 || id >= vocab as i64 {
+        return Err(Error::arg(
+            OP,
+            format!(
+                "token id {id} at position {t} is out of range for a weight table of {vocab} rows"
+            ),
+        ));
+    }
+    Ok(Some(id as usize))
+}
+
+/// Same-dtype lookup: each output row is a bit-exact copy of a table row (or zeros).
+fn lookup_copy<T: Copy>(
+    ids: &HostData,
+    w: &[T],
+    out: &mut [T],
+    zero: T,
+    vocab: usize,
+    dim: usize,
+    pad: Option<u32>,
+) -> Result<()> {
+    for (t, o) in out.chunks_exact_mut(dim).enumerate() {
+        match row_of(ids, t, vocab, pad)? {
+            Some(r) => o.copy_from_slice(&w[r * dim..(r + 1) * dim]),
+            None => o.fill(zero),
+        }
+    }
+    Ok(())
+}
+
+/// Lookup into f32 rows (the output dtype differs from the table's).
+fn lookup_f32(
+    ids: &HostData,
+    w: &HostData,
+    out: &mut [f32],
+    vocab: usize,
+    dim: usize,
+    pad: Option<u32>,
+) -> Result<()> {
+    for (t, o) in out.chunks_exact_mut(dim).enumerate() {
+        let Some(r) = row_of(ids, t, vocab, pad)? else {
+            o.fill(0.0);
+            continue;
+        };
+        match w {
+            HostData::F32(w) => o.copy_from_slice(&w[r * dim..(r + 1) * dim]),
+            HostData::Bf16(w) => {
+                for (d, s) in o.iter_mut().zip(&w[r * dim..(r + 1) * dim]) {
+                    *d = s.to_f32();
+                }
+            }
+            // Validation admits only f32 and bf16 tables.
+            other => unreachable!("embedding table stored as {:?}", other.dtype()),
+        }
+    }
+    Ok(())
+}
+
+/// `out[t, :] = weight[ids[t], :]`.
+pub(crate) struct EmbeddingCmd {
+    pub ids: Arc<HostBuffer>,
+    pub weight: Arc<HostBuffer>,
+    pub out: Arc<HostBuffer>,
+    pub tokens: usize,
+    pub vocab: usize,
+    pub dim: usize,
+    pub pad: Option<u32>,
+    pub s_out: Vec<f32>,
+}
+
+impl HostCommand for EmbeddingCmd {
+    fn run(&mut self, _ctx: &HostCtx<'_>) -> Result<()> {
+        let (tokens, vocab, dim, pad) = (self.tokens, self.vocab, self.dim, self.pad);
+        let g_w = self.weight.read();
+        let g_ids_own;
+        let ids: &HostData = if Arc::ptr_eq(&self.ids, &self.weight) {
+            &g_w
+        } else {
+            g_ids_own = self.ids.read();
+            &g_ids_own
+        };
+        let mut out = self.out.write();
+        match (&*g_w, &mut *out) {
+            (HostData::F32(w), HostData::F32(o)) => lookup_copy(ids, w, o, 0.0, vocab, dim, pad),
+            (HostData::Bf16(w), HostData::Bf16(o)) => {
+                lookup_copy(ids, w, o, bf16::ZERO, vocab, dim, pad)
+            }
+            (w, o) => {
+                // A dtype change: gather in f32, then round once to the output dtype.
+                let mut res = Ok(());
+                write_f32(o, tokens * dim, &mut self.s_out, |o| {
+                    res = lookup_f32(ids, w, o, vocab, dim, pad);
+                });
+                res
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        let ids = HostData::U32(vec![0, 3, 7]);
+        assert_eq!(row_of(&ids, 1, 4, None).expect("in range"), Some(3));
+        assert_eq!(row_of(&ids, 2, 4, Some(7)).expect("pad"), None);
+        let e = row_of(&ids, 2, 4, None).expect_err("out of range");
+        assert!(e.to_string().contains("token id 7 at position 2"), "{e}");
+        let neg = HostData::I32(vec![-1]);
+        assert!(row_of(&neg, 0, 4, None).is_err());
+        let frac = HostData::Bf16(vec![bf16::from_f32(1.5)]);
+        assert!(row_of(&frac, 0, 4, None).is_err());
+    }
+}
