@@ -89,6 +89,14 @@ pub(crate) fn expect_layout(
     })
 }
 
+/// Fails unless `t` has rank `rank`.
+pub(crate) fn expect_rank(op: &'static str, what: &str, t: &Tensor, rank: usize) -> Result<()> {
+    if t.shape().rank() == rank {
+        return Ok(());
+    }
+    Err(Error::shape(op, what, format!("rank {rank}"), t.shape()))
+}
+
 /// Float activations the host computes on.
 pub(crate) const FLOAT_TYPES: &[DataType] = &[
     DataType::Float32,
