@@ -683,3 +683,91 @@ fn oracle_bitlinear_divide() {
         assert!(same, "{layer}: not bit-identical to HF");
     }
 }
+
+/// Per-channel scales let one op compute several projections of one input (fused QKV) with the
+/// very bits each separate op would give.
+#[test]
+fn per_channel_scales_equal_separate_layers() {
+    let dev = device();
+    let mut rng = Rng::new(21);
+    let (m, k) = (5, 70);
+    let x = upload(
+        &dev,
+        &rng.vec(m * k, 2.0),
+        &[1, 1, m, k],
+        DataType::Float32,
+        Layout::Tile,
+        &DRAM_MEMORY_CONFIG,
+    );
+    let sizes = [(24usize, 0.031f32), (8, 0.5), (8, 0.0071)];
+    let mut all_t = Vec::new();
+    let mut all_s = Vec::new();
+    let mut separate = Vec::new();
+    for &(n, scale) in &sizes {
+        let t: Vec<i8> = (0..n * k).map(|_| rng.below(3) as i8 - 1).collect();
+        let w = ternary_dev(&dev, &t, &[n, k]);
+        let y = bitlinear(
+            &x,
+            &w,
+            &BitLinearArgs {
+                weight_scale: scale,
+                ..Default::default()
+            },
+        )
+        .expect("separate");
+        separate.push((n, y.to_vec::<f32>().expect("read")));
+        all_t.extend(t);
+        all_s.extend(std::iter::repeat_n(scale, n));
+    }
+    let n_total: usize = sizes.iter().map(|s| s.0).sum();
+    let w = ternary_dev(&dev, &all_t, &[n_total, k]);
+    let scales = upload(
+        &dev,
+        &all_s,
+        &[n_total],
+        DataType::Float32,
+        Layout::RowMajor,
+        &DRAM_MEMORY_CONFIG,
+    );
+    let fused = bitlinear(
+        &x,
+        &w,
+        &BitLinearArgs {
+            weight_scales: Some(&scales),
+            ..Default::default()
+        },
+    )
+    .expect("fused")
+    .to_vec::<f32>()
+    .expect("read");
+    let mut col = 0;
+    for (n, y) in separate {
+        for r in 0..m {
+            for j in 0..n {
+                assert_eq!(
+                    fused[r * n_total + col + j].to_bits(),
+                    y[r * n + j].to_bits()
+                );
+            }
+        }
+        col += n;
+    }
+    let bad = upload(
+        &dev,
+        &all_s[..3],
+        &[3],
+        DataType::Float32,
+        Layout::RowMajor,
+        &DRAM_MEMORY_CONFIG,
+    );
+    let e = bitlinear(
+        &x,
+        &w,
+        &BitLinearArgs {
+            weight_scales: Some(&bad),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("weight_scales"), "{e}");
+}

@@ -38,9 +38,13 @@ pub enum WeightScaleMode {
 
 /// Optional arguments of [`bitlinear`].
 #[derive(Clone, Debug)]
-pub struct BitLinearArgs {
+pub struct BitLinearArgs<'a> {
     /// The per-tensor weight scale (default 1.0); must be finite and non-zero.
     pub weight_scale: f32,
+    /// Per-output-channel scales (Float32, `N` values, on the device), used instead of
+    /// `weight_scale`: lets one op run several layers that share an input, each with its own
+    /// per-tensor scale (BitNet's Q, K and V projections fused into one QKV weight).
+    pub weight_scales: Option<&'a Tensor>,
     /// Default: [`WeightScaleMode::Multiply`].
     pub scale_mode: WeightScaleMode,
     /// Default: DRAM interleaved (as `ttnn::linear`, which this op replaces).
@@ -51,10 +55,11 @@ pub struct BitLinearArgs {
     pub compute_kernel_config: Option<ComputeKernelConfig>,
 }
 
-impl Default for BitLinearArgs {
+impl Default for BitLinearArgs<'_> {
     fn default() -> Self {
         Self {
             weight_scale: 1.0,
+            weight_scales: None,
             scale_mode: WeightScaleMode::Multiply,
             memory_config: None,
             dtype: None,
@@ -102,9 +107,10 @@ fn check_input<'a>(
 /// - `weight`: DataType::Ternary, TILE, on the same device, logical shape `[N, K]` = `[out_features,
 ///   in_features]`, like torch's `F.linear` weight (not pre-transposed as tt_transformers stores
 ///   its bf16 weights); leading dims of 1 are allowed (`[1, 1, N, K]`).
+/// - `args.weight_scales`: optional per-output scales `[N]` (Float32) replacing `weight_scale`.
 /// - Output: `[..., M, N]`, dtype `args.dtype` or the input's (float types), TILE, memory config
 ///   `args.memory_config` or DRAM interleaved.
-pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs) -> Result<Tensor> {
+pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs<'_>) -> Result<Tensor> {
     let op = "ttnn::experimental::bitlinear";
     let (device, ib, k) = check_input(op, input)?;
     let wb = on_same_device(op, "weight", device, weight)?;
@@ -132,6 +138,22 @@ pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs) -> Resul
             ),
         ));
     }
+    let weight_scales = match args.weight_scales {
+        Some(t) => {
+            let b = on_same_device(op, "weight_scales", device, t)?;
+            expect_dtype(op, "weight_scales", t, &[DataType::Float32])?;
+            if t.shape().volume() != n {
+                return Err(Error::shape(
+                    op,
+                    "weight_scales",
+                    format!("{n} values (one per output)"),
+                    t.shape(),
+                ));
+            }
+            Some(b.clone())
+        }
+        None => None,
+    };
     let dtype = args.dtype.unwrap_or(input.dtype());
     if !FLOAT_TYPES.contains(&dtype) {
         return Err(Error::dtype(
@@ -154,6 +176,7 @@ pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs) -> Resul
         k,
         n,
         weight_scale: args.weight_scale,
+        weight_scales,
         mode: args.scale_mode,
         sx: Vec::with_capacity(if input.dtype() == DataType::Float32 {
             0

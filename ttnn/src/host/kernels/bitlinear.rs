@@ -108,6 +108,8 @@ pub(crate) struct BitLinearCmd {
     pub k: usize,
     pub n: usize,
     pub weight_scale: f32,
+    /// Per-output scales (Float32 `[n]`) replacing `weight_scale` when present.
+    pub weight_scales: Option<Arc<HostBuffer>>,
     pub mode: WeightScaleMode,
     /// The input decoded to f32 (capacity reserved unless it is f32).
     pub sx: Vec<f32>,
@@ -143,12 +145,19 @@ impl HostCommand for BitLinearCmd {
         };
         let (q, scales) = (&self.q[..], &self.scales[..]);
         let (ws, mode) = (self.weight_scale, self.mode);
+        let gscales = self.weight_scales.as_ref().map(|b| b.read());
+        let per_channel: Option<&[f32]> = match gscales.as_deref() {
+            Some(HostData::F32(v)) => Some(v),
+            Some(_) => unreachable!("validated: weight_scales is Float32"),
+            None => None,
+        };
         let mut out = self.out.write();
         write_f32(&mut out, rows * n, &mut self.so, |o| {
             let op = SendPtr(o.as_mut_ptr());
             let kernel = |range: std::ops::Range<usize>| {
                 for j in range {
                     let w_row = w.row(j);
+                    let ws = per_channel.map_or(ws, |v| v[j]);
                     for (r, &s) in scales.iter().enumerate() {
                         let acc = dot_i8_ternary(&q[r * k..(r + 1) * k], w_row);
                         // SAFETY: r < rows and j < n, so r * n + j < rows * n == o.len(); each
