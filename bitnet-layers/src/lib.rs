@@ -2,9 +2,13 @@
 //! RoPE setup, attention, MLP, decoder layer, the model, checkpoint loading, and the per-op
 //! memory plan. It never names a backend.
 
+pub mod bitlinear;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod memory_plan;
+pub mod mlp;
+pub mod rms_norm;
 pub mod ternary;
 
 pub use checkpoint::{Checkpoint, Weights};

@@ -135,8 +135,9 @@ pub(crate) fn output_memory_config(
 
 /// Fills in a shard spec for a sharded config that lacks one: the tensor split evenly over as
 /// many cores of the grid as divide it in whole tiles (rows for height sharding, columns for
-/// width sharding; both for block sharding).
-pub(crate) fn resolve_shard_spec(
+/// width sharding; both for block sharding). What ops do with spec-less sharded output configs
+/// such as `L1_WIDTH_SHARDED_MEMORY_CONFIG`; public so that memory plans can see the result.
+pub fn resolve_shard_spec(
     op: &'static str,
     device: &Device,
     mc: MemoryConfig,

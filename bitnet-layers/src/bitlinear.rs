@@ -1,0 +1,109 @@
+//! `BitLinear`: BitNet b1.58's linear layer through `ttnn::experimental::bitlinear`, with the
+//! weight in `DataType::Ternary` on the device. Several layers that read one input (Q, K, V)
+//! can be fused into one op with per-output scales.
+
+use ttnn::ops::bitlinear::{BitLinearArgs, WeightScaleMode, bitlinear};
+use ttnn::{DRAM_MEMORY_CONFIG, DataType, Device, Layout, Tensor};
+
+use crate::error::{Error, Result};
+use crate::memory_plan::OpConfig;
+use crate::ternary::{ScaleRule, TernaryWeight};
+
+/// A (possibly fused) ternary linear layer on the device.
+#[derive(Debug)]
+pub struct BitLinear {
+    weight: Tensor,
+    scale: f32,
+    mode: WeightScaleMode,
+    /// Per-output scales when several layers are fused.
+    scales: Option<Tensor>,
+    in_features: usize,
+    out_features: usize,
+}
+
+fn mode_of(rule: ScaleRule) -> WeightScaleMode {
+    match rule {
+        ScaleRule::Multiply => WeightScaleMode::Multiply,
+        ScaleRule::Divide => WeightScaleMode::Divide,
+    }
+}
+
+impl BitLinear {
+    /// One layer.
+    pub fn new(device: &Device, w: &TernaryWeight) -> Result<Self> {
+        Self::fused(device, std::slice::from_ref(w))
+    }
+
+    /// Layers sharing an input, stacked along the output dimension (`[Σ out, in]`): each keeps
+    /// its own scale, so the outputs equal the separate layers' bit for bit.
+    pub fn fused(device: &Device, parts: &[TernaryWeight]) -> Result<Self> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::InvalidInput("BitLinear::fused: no layers".into()))?;
+        let in_features = first.in_features;
+        if parts
+            .iter()
+            .any(|p| p.in_features != in_features || p.rule != first.rule)
+        {
+            return Err(Error::InvalidInput(
+                "BitLinear::fused: layers must share in_features and the scale rule".into(),
+            ));
+        }
+        let out_features: usize = parts.iter().map(|p| p.out_features).sum();
+        let mut values = Vec::with_capacity(out_features * in_features);
+        for p in parts {
+            values.extend_from_slice(&p.values);
+        }
+        let weight = Tensor::from_vec(
+            values,
+            [out_features, in_features],
+            DataType::Ternary,
+            Layout::Tile,
+        )?
+        .to_device(device, &DRAM_MEMORY_CONFIG)?;
+        let scales = if parts.len() > 1 {
+            let s: Vec<f32> = parts
+                .iter()
+                .flat_map(|p| std::iter::repeat_n(p.scale, p.out_features))
+                .collect();
+            Some(
+                Tensor::from_vec(s, [out_features], DataType::Float32, Layout::RowMajor)?
+                    .to_device(device, &DRAM_MEMORY_CONFIG)?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            scale: first.scale,
+            mode: mode_of(first.rule),
+            scales,
+            in_features,
+            out_features,
+        })
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// `x [..., in] -> [..., out]` in the plan's memory config and dtype.
+    pub fn forward(&self, x: &Tensor, cfg: &OpConfig) -> Result<Tensor> {
+        Ok(bitlinear(
+            x,
+            &self.weight,
+            &BitLinearArgs {
+                weight_scale: self.scale,
+                weight_scales: self.scales.as_ref(),
+                scale_mode: self.mode,
+                memory_config: Some(cfg.memory_config.clone()),
+                dtype: Some(cfg.dtype),
+                compute_kernel_config: Some(cfg.compute_kernel_config),
+            },
+        )?)
+    }
+}

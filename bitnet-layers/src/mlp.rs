@@ -1,0 +1,59 @@
+//! `Mlp`: `down(ffn_sub_norm(relu(gate(x))^2 * up(x)))`.
+
+use ttnn::{BinaryArgs, Device, Tensor, UnaryOp};
+
+use crate::bitlinear::BitLinear;
+use crate::checkpoint::Weights;
+use crate::config::BitNetConfig;
+use crate::error::Result;
+use crate::memory_plan::{MemoryPlan, PlanOp};
+use crate::rms_norm::RmsNorm;
+use crate::ternary::TernaryWeight;
+
+/// The gated relu² feed-forward block with its sub-norm.
+#[derive(Debug)]
+pub struct Mlp {
+    gate_proj: BitLinear,
+    up_proj: BitLinear,
+    ffn_sub_norm: RmsNorm,
+    down_proj: BitLinear,
+}
+
+impl Mlp {
+    /// Loads `<prefix>.{gate_proj,up_proj,down_proj,ffn_sub_norm}`.
+    pub fn load(w: &Weights<'_>, device: &Device, cfg: &BitNetConfig) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: BitLinear::new(
+                device,
+                &TernaryWeight::load(&w.pp("gate_proj"), i, h, cfg)?,
+            )?,
+            up_proj: BitLinear::new(device, &TernaryWeight::load(&w.pp("up_proj"), i, h, cfg)?)?,
+            ffn_sub_norm: RmsNorm::load(&w.pp("ffn_sub_norm"), device, i, cfg.rms_norm_eps)?,
+            down_proj: BitLinear::new(
+                device,
+                &TernaryWeight::load(&w.pp("down_proj"), h, i, cfg)?,
+            )?,
+        })
+    }
+
+    /// `x` is the post-attention-normed residual stream.
+    pub fn forward(&self, x: &Tensor, plan: &MemoryPlan) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x, plan.op(PlanOp::Gate))?;
+        let up = self.up_proj.forward(x, plan.op(PlanOp::Up))?;
+        let mul = plan.op(PlanOp::Relu2Mul);
+        // relu(gate)^2 * up in one op, as tt_transformers fuses the MLP activation.
+        let h = ttnn::multiply(
+            &gate,
+            &up,
+            &BinaryArgs {
+                memory_config: Some(mul.memory_config.clone()),
+                dtype: Some(mul.dtype),
+                input_tensor_a_activations: vec![UnaryOp::Relu, UnaryOp::Square],
+            },
+        )?;
+        drop((gate, up));
+        let h = self.ffn_sub_norm.forward(&h, plan.op(PlanOp::FfnSubNorm))?;
+        self.down_proj.forward(&h, plan.op(PlanOp::Down))
+    }
+}
