@@ -922,3 +922,88 @@ pub fn nlp_concat_heads(input: &Tensor, memory_config: Option<&MemoryConfig>) ->
     })?;
     Ok(out)
 }
+
+// ---------------------------------------------------------------------------------------------
+// slice
+
+/// Optional arguments of [`slice`].
+#[derive(Clone, Debug, Default)]
+pub struct SliceArgs {
+    /// Default: the input's memory config (a sharded one gets a spec derived for the output).
+    pub memory_config: Option<MemoryConfig>,
+}
+
+/// `input[starts[0]..ends[0], starts[1]..ends[1], ...]` with step 1 (TT-NN's `ttnn.slice`):
+/// e.g. the last position's row of a prefill's hidden states. Same dtype and layout; values are
+/// copied exactly (block floats through f32, re-grouped when the last dimension is cut).
+pub fn slice(input: &Tensor, starts: &[usize], ends: &[usize], args: &SliceArgs) -> Result<Tensor> {
+    let op = "ttnn::slice";
+    let (device, ib) = on_device(op, "input", input)?;
+    let shape = input.shape();
+    let rank = shape.rank();
+    if starts.len() != rank || ends.len() != rank {
+        return Err(Error::arg(
+            op,
+            format!(
+                "starts and ends need {rank} entries (the input's rank), got {} and {}",
+                starts.len(),
+                ends.len()
+            ),
+        ));
+    }
+    let mut dims = Vec::with_capacity(rank);
+    for (d, (&s, &e)) in starts.iter().zip(ends).enumerate() {
+        if s >= e || e > shape.dims()[d] {
+            return Err(Error::arg(
+                op,
+                format!(
+                    "dimension {d}: {s}..{e} is not a non-empty range within 0..{}",
+                    shape.dims()[d]
+                ),
+            ));
+        }
+        dims.push(e - s);
+    }
+    let out_shape = Shape::new(&dims);
+    let mc = crate::ops::output_memory_config(
+        op,
+        device,
+        args.memory_config.as_ref(),
+        input,
+        out_shape,
+        input.layout(),
+    )?;
+    let out = Tensor::allocate(device, op, out_shape, input.dtype(), input.layout(), &mc)?;
+    let mut in_strides = [0usize; crate::types::MAX_RANK];
+    let mut s = 1;
+    for d in (0..rank).rev() {
+        in_strides[d] = s;
+        s *= shape.dims()[d];
+    }
+    let mut start = [0usize; crate::types::MAX_RANK];
+    start[..rank].copy_from_slice(starts);
+    let mut out_dims = [1usize; crate::types::MAX_RANK];
+    out_dims[..rank].copy_from_slice(&dims);
+    let float_path = !matches!(
+        input.dtype(),
+        DataType::Float32
+            | DataType::Uint32
+            | DataType::Int32
+            | DataType::Uint16
+            | DataType::Uint8
+            | DataType::Bfloat16
+    );
+    device
+        .host()
+        .submit(crate::host::kernels::data_movement::SliceCmd {
+            input: ib.clone(),
+            out: out.device_buffer(op, "output")?.1.clone(),
+            rank,
+            in_strides,
+            start,
+            out_dims,
+            sin: Vec::with_capacity(if float_path { shape.volume() } else { 0 }),
+            sout: Vec::with_capacity(if float_path { out_shape.volume() } else { 0 }),
+        })?;
+    Ok(out)
+}

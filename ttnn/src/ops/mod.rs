@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod bitlinear;
+pub mod creation;
 pub mod data_movement;
 pub mod eltwise;
 pub mod embedding;
