@@ -381,6 +381,73 @@ impl HostCommand for ConcatHeadsCmd {
     }
 }
 
+/// `slice`: copies the sub-block `start .. start + out_dims` of the input.
+pub(crate) struct SliceCmd {
+    pub input: Arc<HostBuffer>,
+    pub out: Arc<HostBuffer>,
+    pub rank: usize,
+    pub in_strides: [usize; crate::types::MAX_RANK],
+    pub start: [usize; crate::types::MAX_RANK],
+    pub out_dims: [usize; crate::types::MAX_RANK],
+    /// Block-float/ternary only: the input and output through f32.
+    pub sin: Vec<f32>,
+    pub sout: Vec<f32>,
+}
+
+impl SliceCmd {
+    /// Calls `f(input offset, output offset, run length)` for every contiguous run.
+    fn runs(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let rank = self.rank;
+        if rank == 0 {
+            f(0, 0, 1);
+            return;
+        }
+        let width = self.out_dims[rank - 1];
+        let rows: usize = self.out_dims[..rank - 1].iter().product();
+        for r in 0..rows {
+            let (mut rem, mut off) = (r, self.start[rank - 1]);
+            for d in (0..rank - 1).rev() {
+                let i = rem % self.out_dims[d];
+                rem /= self.out_dims[d];
+                off += (i + self.start[d]) * self.in_strides[d];
+            }
+            f(off, r * width, width);
+        }
+    }
+}
+
+fn copy_runs<T: Copy>(cmd: &SliceCmd, src: &[T], dst: &mut [T]) {
+    cmd.runs(|i, o, n| dst[o..o + n].copy_from_slice(&src[i..i + n]));
+}
+
+impl HostCommand for SliceCmd {
+    fn run(&mut self, _ctx: &HostCtx<'_>) -> Result<()> {
+        let g = self.input.read();
+        let mut out = self.out.write();
+        match (&*g, &mut *out) {
+            (HostData::F32(s), HostData::F32(d)) => copy_runs(self, s, d),
+            (HostData::Bf16(s), HostData::Bf16(d)) => copy_runs(self, s, d),
+            (HostData::U32(s), HostData::U32(d)) => copy_runs(self, s, d),
+            (HostData::I32(s), HostData::I32(d)) => copy_runs(self, s, d),
+            (HostData::U16(s), HostData::U16(d)) => copy_runs(self, s, d),
+            (HostData::U8(s), HostData::U8(d)) => copy_runs(self, s, d),
+            (src, dst) => {
+                let mut sin = std::mem::take(&mut self.sin);
+                let mut sout = std::mem::take(&mut self.sout);
+                let x = read_f32(src, &mut sin);
+                sout.clear();
+                let total: usize = self.out_dims[..self.rank].iter().product();
+                sout.resize(total, 0.0);
+                copy_runs(self, x, &mut sout);
+                dst.store_f32(&sout);
+                self.sin = sin;
+                self.sout = sout;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,72 +516,5 @@ mod tests {
             16,
             split
         ));
-    }
-}
-
-/// `slice`: copies the sub-block `start .. start + out_dims` of the input.
-pub(crate) struct SliceCmd {
-    pub input: Arc<HostBuffer>,
-    pub out: Arc<HostBuffer>,
-    pub rank: usize,
-    pub in_strides: [usize; crate::types::MAX_RANK],
-    pub start: [usize; crate::types::MAX_RANK],
-    pub out_dims: [usize; crate::types::MAX_RANK],
-    /// Block-float/ternary only: the input and output through f32.
-    pub sin: Vec<f32>,
-    pub sout: Vec<f32>,
-}
-
-impl SliceCmd {
-    /// Calls `f(input offset, output offset, run length)` for every contiguous run.
-    fn runs(&self, mut f: impl FnMut(usize, usize, usize)) {
-        let rank = self.rank;
-        if rank == 0 {
-            f(0, 0, 1);
-            return;
-        }
-        let width = self.out_dims[rank - 1];
-        let rows: usize = self.out_dims[..rank - 1].iter().product();
-        for r in 0..rows {
-            let (mut rem, mut off) = (r, self.start[rank - 1]);
-            for d in (0..rank - 1).rev() {
-                let i = rem % self.out_dims[d];
-                rem /= self.out_dims[d];
-                off += (i + self.start[d]) * self.in_strides[d];
-            }
-            f(off, r * width, width);
-        }
-    }
-}
-
-fn copy_runs<T: Copy>(cmd: &SliceCmd, src: &[T], dst: &mut [T]) {
-    cmd.runs(|i, o, n| dst[o..o + n].copy_from_slice(&src[i..i + n]));
-}
-
-impl HostCommand for SliceCmd {
-    fn run(&mut self, _ctx: &HostCtx<'_>) -> Result<()> {
-        let g = self.input.read();
-        let mut out = self.out.write();
-        match (&*g, &mut *out) {
-            (HostData::F32(s), HostData::F32(d)) => copy_runs(self, s, d),
-            (HostData::Bf16(s), HostData::Bf16(d)) => copy_runs(self, s, d),
-            (HostData::U32(s), HostData::U32(d)) => copy_runs(self, s, d),
-            (HostData::I32(s), HostData::I32(d)) => copy_runs(self, s, d),
-            (HostData::U16(s), HostData::U16(d)) => copy_runs(self, s, d),
-            (HostData::U8(s), HostData::U8(d)) => copy_runs(self, s, d),
-            (src, dst) => {
-                let mut sin = std::mem::take(&mut self.sin);
-                let mut sout = std::mem::take(&mut self.sout);
-                let x = read_f32(src, &mut sin);
-                sout.clear();
-                let total: usize = self.out_dims[..self.rank].iter().product();
-                sout.resize(total, 0.0);
-                copy_runs(self, x, &mut sout);
-                dst.store_f32(&sout);
-                self.sin = sin;
-                self.sout = sout;
-            }
-        }
-        Ok(())
     }
 }
