@@ -1,1 +1,931 @@
-//! Host kernels for attention: paged decode SDPA, causal prefill SDPA, chunked prefill SDPA.
+//! Host kernels for the attention ops: prefill SDPA, chunked SDPA and (paged) decode SDPA.
+//!
+//! Every variant computes each query row with one routine, [`attend_rows`]: an online softmax
+//! over key positions in increasing order, in blocks of [`KV_BLOCK`] positions aligned to
+//! absolute multiples of 32, with a fixed-order dot product over the head dimension. A row's
+//! arithmetic depends only on its query, its position range, the K/V values and the scale, never
+//! on which other rows share the pass, the batch size, the task split or the thread count. So the
+//! same query row gives bit-identical outputs in prefill, chunked prefill and decode (which the
+//! model relies on: prefill and decode must agree), whatever the K/V storage (f32, bf16 or block
+//! float decoded on the fly: decoding is exact and deterministic).
+
+use std::sync::Arc;
+
+use half::bf16;
+
+use super::eltwise::SendPtr;
+use super::{read_f32, write_f32};
+use crate::error::{Error, Result};
+use crate::host::blockfloat::{BlockFloatData, GROUP, decode_value, group_scale};
+use crate::host::data::HostData;
+use crate::host::{HostBuffer, HostCommand, HostCtx};
+
+/// Largest head dimension the host kernels take (stack buffers are sized by it). TT-NN's models
+/// use at most 256.
+pub(crate) const MAX_HEAD_DIM: usize = 256;
+/// Key positions per online-softmax step. Steps start at absolute multiples of 32 (whatever the
+/// row's first position), so a row's sequence of steps depends only on its position range.
+pub(crate) const KV_BLOCK: usize = 32;
+/// Query rows that share one pass over a K/V stream (each K/V row is decoded once per pass).
+pub(crate) const MAX_GROUP_ROWS: usize = 16;
+/// Work (attended positions x head dim, summed over rows) above which a command uses the pool.
+const PAR_WORK: usize = 1 << 16;
+
+/// f32 rows of a float tensor's storage, decoded on demand (no allocation).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RowStore<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    Block(&'a BlockFloatData),
+}
+
+impl<'a> RowStore<'a> {
+    /// The float storage `d`, or `None` for integer or ternary storage.
+    pub fn new(d: &'a HostData) -> Option<Self> {
+        match d {
+            HostData::F32(v) => Some(Self::F32(v)),
+            HostData::Bf16(v) => Some(Self::Bf16(v)),
+            HostData::Block(b) => Some(Self::Block(b)),
+            _ => None,
+        }
+    }
+
+    /// Row `r` (of length `len`, the tensor's last dimension): borrowed for f32 storage,
+    /// decoded into `buf` otherwise.
+    #[inline]
+    pub fn row<'b>(&'b self, r: usize, len: usize, buf: &'b mut [f32]) -> &'b [f32] {
+        match self {
+            Self::F32(v) => &v[r * len..(r + 1) * len],
+            Self::Bf16(v) => {
+                for (o, x) in buf[..len].iter_mut().zip(&v[r * len..(r + 1) * len]) {
+                    *o = x.to_f32();
+                }
+                &buf[..len]
+            }
+            Self::Block(b) => {
+                decode_block_row(b, r, &mut buf[..len]);
+                &buf[..len]
+            }
+        }
+    }
+}
+
+/// Where key position `pos` of one (user, kv head) lives among the K/V tensor's rows.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PosMap<'a> {
+    /// Contiguous: row `base + pos` (`[B, nkv, S, hd]` tensors and unpaged caches).
+    Contig { base: usize },
+    /// Paged cache `[blocks, nkv, bs, hd]`: row `(table[pos / bs] * nkv + head) * bs + pos % bs`.
+    /// The table entries used were validated before the pass.
+    Paged {
+        table: &'a [u32],
+        bs: usize,
+        nkv: usize,
+        head: usize,
+    },
+}
+
+impl PosMap<'_> {
+    #[inline]
+    fn row(&self, pos: usize) -> usize {
+        match *self {
+            Self::Contig { base } => base + pos,
+            Self::Paged {
+                table,
+                bs,
+                nkv,
+                head,
+            } => (table[pos / bs] as usize * nkv + head) * bs + pos % bs,
+        }
+    }
+}
+
+/// The keys and values one query row attends to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KvStream<'a> {
+    pub k: RowStore<'a>,
+    pub v: RowStore<'a>,
+    pub map: PosMap<'a>,
+    pub hd: usize,
+}
+
+/// One query row: attends positions `start..end`, adding `bias[pos]` (an additive mask row
+/// indexed by absolute position) to the scaled scores when given.
+#[derive(Debug)]
+pub(crate) struct QueryRow<'a> {
+    pub q: &'a [f32],
+    pub start: usize,
+    pub end: usize,
+    pub bias: Option<&'a [f32]>,
+    pub out: &'a mut [f32],
+}
+
+impl QueryRow<'_> {
+    /// An unused slot.
+    pub fn empty() -> Self {
+        QueryRow {
+            q: &[],
+            start: 0,
+            end: 0,
+            bias: None,
+            out: &mut [],
+        }
+    }
+}
+
+/// Partial sums of [`dot`].
+const DOT_LANES: usize = 16;
+
+/// Dot product in a fixed order: 16 interleaved partial sums (lane `i` sums the products of
+/// elements `i, i+16, i+32, ...`), reduced by a fixed halving tree, plus the tail (empty for head
+/// dims that are multiples of 16). The explicit lanes let the compiler vectorise at any width
+/// without changing the result.
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (ca, ta) = a[..n].as_chunks::<DOT_LANES>();
+    let (cb, tb) = b[..n].as_chunks::<DOT_LANES>();
+    // Lane 4j+i lives in acc4[j][i]: four 4-wide accumulators map directly onto SSE registers.
+    let mut acc4 = [[0f32; 4]; DOT_LANES / 4];
+    for (x, y) in ca.iter().zip(cb) {
+        for (j, a) in acc4.iter_mut().enumerate() {
+            for i in 0..4 {
+                a[i] += x[4 * j + i] * y[4 * j + i];
+            }
+        }
+    }
+    let mut acc = [0f32; DOT_LANES];
+    for (j, a) in acc4.iter().enumerate() {
+        acc[4 * j..4 * j + 4].copy_from_slice(a);
+    }
+    let mut w = DOT_LANES / 2;
+    while w > 0 {
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+        w /= 2;
+    }
+    let mut tail = 0f32;
+    for (x, y) in ta.iter().zip(tb) {
+        tail += x * y;
+    }
+    acc[0] + tail
+}
+
+/// `acc += p * v`, elementwise.
+#[inline]
+fn axpy(acc: &mut [f32], p: f32, v: &[f32]) {
+    for (a, &x) in acc.iter_mut().zip(v) {
+        *a += p * x;
+    }
+}
+
+/// Decodes block-float row `r` into `out`, one group scale per group; bit-identical to
+/// `BlockFloatData::decode_row` (which evaluates the scale per element).
+#[inline]
+fn decode_block_row(b: &BlockFloatData, r: usize, out: &mut [f32]) {
+    let g = BlockFloatData::groups_per_row(b.row_len);
+    for gi in 0..g {
+        let idx = r * g + gi;
+        let exp = b.exps[idx];
+        let start = gi * GROUP;
+        let end = (start + GROUP).min(b.row_len);
+        let mants = &b.mants[idx * GROUP..idx * GROUP + (end - start)];
+        if exp == 255 {
+            for (o, &m) in out[start..end].iter_mut().zip(mants) {
+                *o = decode_value(b.format, exp, m);
+            }
+        } else {
+            let scale = group_scale(b.format, exp);
+            for (o, &m) in out[start..end].iter_mut().zip(mants) {
+                *o = m as f32 * scale;
+            }
+        }
+    }
+}
+
+/// The default softmax scale, `1/sqrt(head_dim)`, computed one way for every op so that all
+/// variants use the same f32 value.
+pub(crate) fn default_scale(hd: usize) -> f32 {
+    1.0 / (hd as f32).sqrt()
+}
+
+/// Attention for up to [`MAX_GROUP_ROWS`] query rows over one K/V stream:
+/// `out = softmax(scale * q.K[start..end]^T + bias) V[start..end]`.
+///
+/// Online softmax, per row: for each block of positions (blocks aligned to absolute multiples
+/// of [`KV_BLOCK`], clipped to the row's range), scores `s_j = dot(q, k_j) * scale (+ bias)`;
+/// the running max `m` is raised to the block max (rescaling the running sum `l` and the
+/// accumulator by `exp(m_old - m)`); then, in position order, `p_j = exp(s_j - m)`, `l += p_j`,
+/// `acc += p_j * v_j`. Finally `out = acc / l`. Rows sharing a pass only share the decoding of
+/// K/V rows, never arithmetic. An empty range or a fully masked row gives zeros.
+pub(crate) fn attend_rows(rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale: f32) {
+    let n = rows.len().min(MAX_GROUP_ROWS);
+    let hd = kv.hd;
+    let mut acc = [[0f32; MAX_HEAD_DIM]; MAX_GROUP_ROWS];
+    let mut m = [f32::NEG_INFINITY; MAX_GROUP_ROWS];
+    let mut l = [0f32; MAX_GROUP_ROWS];
+    let mut s = [[0f32; KV_BLOCK]; MAX_GROUP_ROWS];
+    let mut kbuf = [0f32; MAX_HEAD_DIM];
+    let mut vbuf = [0f32; MAX_HEAD_DIM];
+
+    let active = |r: &QueryRow<'_>| r.start < r.end;
+    let lo = rows[..n]
+        .iter()
+        .filter(|r| active(r))
+        .map(|r| r.start)
+        .min();
+    let hi = rows[..n].iter().filter(|r| active(r)).map(|r| r.end).max();
+    if let (Some(lo), Some(hi)) = (lo, hi) {
+        let mut b0 = lo / KV_BLOCK * KV_BLOCK;
+        while b0 < hi {
+            let b1 = (b0 + KV_BLOCK).min(hi);
+            let blo = b0.max(lo);
+            // Scores.
+            for pos in blo..b1 {
+                if !rows[..n].iter().any(|r| r.start <= pos && pos < r.end) {
+                    continue;
+                }
+                let k = kv.k.row(kv.map.row(pos), hd, &mut kbuf);
+                for (r, row) in rows[..n].iter().enumerate() {
+                    if row.start <= pos && pos < row.end {
+                        let mut x = dot(row.q, k) * scale;
+                        if let Some(b) = row.bias {
+                            x += b[pos];
+                        }
+                        s[r][pos - b0] = x;
+                    }
+                }
+            }
+            // Running max, rescale, probabilities.
+            for (r, row) in rows[..n].iter().enumerate() {
+                let (rs, re) = (row.start.max(b0), row.end.min(b1));
+                if rs >= re {
+                    continue;
+                }
+                let sr = &mut s[r][rs - b0..re - b0];
+                let bm = sr.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                if bm > m[r] {
+                    if m[r] != f32::NEG_INFINITY {
+                        let c = (m[r] - bm).exp();
+                        l[r] *= c;
+                        for a in &mut acc[r][..hd] {
+                            *a *= c;
+                        }
+                    }
+                    m[r] = bm;
+                }
+                let mr = m[r];
+                for x in sr.iter_mut() {
+                    let p = if mr == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        (*x - mr).exp()
+                    };
+                    *x = p;
+                    l[r] += p;
+                }
+            }
+            // Values.
+            for pos in blo..b1 {
+                if !rows[..n].iter().any(|r| r.start <= pos && pos < r.end) {
+                    continue;
+                }
+                let v = kv.v.row(kv.map.row(pos), hd, &mut vbuf);
+                for (r, row) in rows[..n].iter().enumerate() {
+                    if row.start <= pos && pos < row.end {
+                        axpy(&mut acc[r][..hd], s[r][pos - b0], v);
+                    }
+                }
+            }
+            b0 += KV_BLOCK;
+        }
+    }
+    for (r, row) in rows[..n].iter_mut().enumerate() {
+        let out = &mut row.out[..hd];
+        if l[r] > 0.0 {
+            for (o, &a) in out.iter_mut().zip(&acc[r][..hd]) {
+                *o = a / l[r];
+            }
+        } else {
+            out.fill(0.0);
+        }
+    }
+}
+
+/// Reads a page table (INT32, or UINT16 when sharded) into `table` as u32, with every entry
+/// outside `[0, max_blocks)` stored as `u32::MAX` (checked when a position maps to it).
+pub(crate) fn load_page_table(d: &HostData, max_blocks: usize, table: &mut Vec<u32>) {
+    table.clear();
+    let conv = |x: i64| {
+        if x >= 0 && (x as u64) < max_blocks as u64 && x < u32::MAX as i64 {
+            x as u32
+        } else {
+            u32::MAX
+        }
+    };
+    match d {
+        HostData::I32(v) => table.extend(v.iter().map(|&x| conv(x as i64))),
+        HostData::U16(v) => table.extend(v.iter().map(|&x| conv(x as i64))),
+        HostData::U32(v) => table.extend(v.iter().map(|&x| conv(x as i64))),
+        _ => {}
+    }
+}
+
+/// Fails (naming `op`) if a position in `start..end` maps to an invalid page-table entry of
+/// `row` (a slice of the loaded table), or lies beyond the table.
+pub(crate) fn check_pages(
+    op: &'static str,
+    user: usize,
+    row: &[u32],
+    raw: &HostData,
+    raw_offset: usize,
+    bs: usize,
+    positions: std::ops::Range<usize>,
+) -> Result<()> {
+    let (start, end) = (positions.start, positions.end);
+    if start >= end {
+        return Ok(());
+    }
+    let (first, last) = (start / bs, (end - 1) / bs);
+    if last >= row.len() {
+        return Err(Error::arg(
+            op,
+            format!(
+                "user {user}: position {} needs page-table column {last}, but the page table has {} columns",
+                end - 1,
+                row.len()
+            ),
+        ));
+    }
+    for (c, &e) in row.iter().enumerate().take(last + 1).skip(first) {
+        if e == u32::MAX {
+            let raw_val = match raw {
+                HostData::I32(v) => v[raw_offset + c] as i64,
+                HostData::U16(v) => v[raw_offset + c] as i64,
+                HostData::U32(v) => v[raw_offset + c] as i64,
+                _ => -1,
+            };
+            return Err(Error::arg(
+                op,
+                format!(
+                    "user {user}: page table entry [{user}, {c}] = {raw_val} is not a block of the cache"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Integer values of a position / index tensor (INT32 or UINT32).
+pub(crate) fn int_at(d: &HostData, i: usize) -> i64 {
+    match d {
+        HostData::I32(v) => v.get(i).map_or(0, |&x| x as i64),
+        HostData::U32(v) => v.get(i).map_or(0, |&x| x as i64),
+        HostData::U16(v) => v.get(i).map_or(0, |&x| x as i64),
+        HostData::U8(v) => v.get(i).map_or(0, |&x| x as i64),
+        _ => 0,
+    }
+}
+
+/// Row `[start, start + len)` of a mask, or `None` without a mask.
+fn bias_row(mask: &[f32], start: usize, len: usize) -> Option<&[f32]> {
+    if mask.is_empty() || len == 0 {
+        None
+    } else {
+        mask.get(start..start + len)
+    }
+}
+
+fn internal(op: &'static str, what: &str) -> Error {
+    Error::Backend {
+        op,
+        backend: "host",
+        message: format!("{what} is not float storage"),
+    }
+}
+
+/// Where the current positions of a decode step come from.
+#[derive(Debug)]
+pub(crate) enum CurPos {
+    /// INT32 tensor `[B]`: -1 skips the user.
+    Tensor(Arc<HostBuffer>),
+    /// Fixed at op time (validated then).
+    List(Vec<u32>),
+    /// Non-causal: every user attends the whole cache.
+    All,
+}
+
+/// Decode SDPA, paged or not: Q `[1, B, nh, hd]` against K/V caches; output `[1, B, nh, hd]`.
+#[derive(Debug)]
+pub(crate) struct SdpaDecodeCmd {
+    pub op: &'static str,
+    pub q: Arc<HostBuffer>,
+    pub k: Arc<HostBuffer>,
+    pub v: Arc<HostBuffer>,
+    pub out: Arc<HostBuffer>,
+    pub page_table: Option<Arc<HostBuffer>>,
+    pub cur_pos: CurPos,
+    pub mask: Option<Arc<HostBuffer>>,
+    pub batch: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub hd: usize,
+    /// Paged: block size; unpaged: the cache's sequence length.
+    pub seq: usize,
+    /// Paged: max blocks per sequence (page-table columns); unpaged: 1.
+    pub cols: usize,
+    /// Paged: blocks in the cache.
+    pub max_blocks: usize,
+    /// Mask row length (its last dimension).
+    pub mask_len: usize,
+    pub scale: f32,
+    pub window: Option<usize>,
+    /// Per-user position range (start, end); `None` skips the user. Capacity `batch`.
+    pub ranges: Vec<Option<(usize, usize)>>,
+    pub table: Vec<u32>,
+    pub smask: Vec<f32>,
+    pub so: Vec<f32>,
+}
+
+impl SdpaDecodeCmd {
+    /// Positions each user attends, validated against the cache and the page table.
+    fn resolve(&mut self) -> Result<()> {
+        let op = self.op;
+        let capacity = self.seq * self.cols;
+        self.ranges.clear();
+        let pos_guard = match &self.cur_pos {
+            CurPos::Tensor(t) => Some(t.read()),
+            _ => None,
+        };
+        for b in 0..self.batch {
+            let p: i64 = match (&self.cur_pos, &pos_guard) {
+                (CurPos::Tensor(_), Some(g)) => int_at(g, b),
+                (CurPos::List(v), _) => v
+                    .get(b)
+                    .map_or(-1, |&x| if x == u32::MAX { -1 } else { x as i64 }),
+                _ => {
+                    self.ranges.push(Some((0, capacity)));
+                    continue;
+                }
+            };
+            if p == -1 {
+                self.ranges.push(None);
+                continue;
+            }
+            if p < 0 || p as u64 >= capacity as u64 {
+                return Err(Error::arg(
+                    op,
+                    format!(
+                        "cur_pos[{b}] = {p} is outside the cache (valid: -1 to skip, or 0..{capacity})"
+                    ),
+                ));
+            }
+            let end = p as usize + 1;
+            let start = self.window.map_or(0, |w| end.saturating_sub(w));
+            self.ranges.push(Some((start, end)));
+        }
+        drop(pos_guard);
+        if let Some(pt) = &self.page_table {
+            let g = pt.read();
+            load_page_table(&g, self.max_blocks, &mut self.table);
+            for b in 0..self.batch {
+                if let Some((s, e)) = self.ranges[b] {
+                    let row = &self.table[b * self.cols..(b + 1) * self.cols];
+                    check_pages(op, b, row, &g, b * self.cols, self.seq, s..e)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl HostCommand for SdpaDecodeCmd {
+    fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
+        self.resolve()?;
+        let op = self.op;
+        let mask_guard = self.mask.as_ref().map(|m| m.read());
+        let mask: &[f32] = match &mask_guard {
+            Some(g) => read_f32(g, &mut self.smask),
+            None => &[],
+        };
+        let qg = self.q.read();
+        let kg = self.k.read();
+        let vg_own;
+        let vd: &HostData = if Arc::ptr_eq(&self.k, &self.v) {
+            &kg
+        } else {
+            vg_own = self.v.read();
+            &vg_own
+        };
+        let qs = RowStore::new(&qg).ok_or_else(|| internal(op, "q"))?;
+        let ks = RowStore::new(&kg).ok_or_else(|| internal(op, "k"))?;
+        let vs = RowStore::new(vd).ok_or_else(|| internal(op, "v"))?;
+        let (batch, nh, nkv, hd, seq, cols) =
+            (self.batch, self.nh, self.nkv, self.hd, self.seq, self.cols);
+        let group = nh / nkv;
+        // Heads per task: a whole GQA group shares each decoded K/V row; only when there are
+        // fewer tasks than threads is the group split (re-decoding K/V rows per part). Rows
+        // never share arithmetic, so the split does not change any result.
+        let mut hg = group.min(MAX_GROUP_ROWS);
+        while hg > 1 && batch * nkv * group.div_ceil(hg) < ctx.pool.num_threads() {
+            hg = hg.div_ceil(2);
+        }
+        let subgroups = group.div_ceil(hg);
+        let (scale, mask_len, paged) = (self.scale, self.mask_len, self.page_table.is_some());
+        let ranges = &self.ranges[..];
+        let table = &self.table[..];
+        let work: usize = ranges
+            .iter()
+            .map(|r| r.map_or(0, |(s, e)| e - s))
+            .sum::<usize>()
+            * nh
+            * hd;
+        let mut out = self.out.write();
+        let len = batch * nh * hd;
+        write_f32(&mut out, len, &mut self.so, |o| {
+            let base = SendPtr(o.as_mut_ptr());
+            let n_tasks = batch * nkv * subgroups;
+            let task = |t: usize| {
+                let b = t / (nkv * subgroups);
+                let g = (t / subgroups) % nkv;
+                let h0 = g * group + (t % subgroups) * hg;
+                let h1 = (h0 + hg).min((g + 1) * group);
+                // SAFETY: task t writes only the rows (b, h0..h1) of the output, a range no
+                // other task touches; `o` outlives the parallel region.
+                let out_rows = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        base.get().add((b * nh + h0) * hd),
+                        (h1 - h0) * hd,
+                    )
+                };
+                let Some((start, end)) = ranges[b] else {
+                    out_rows.fill(0.0);
+                    return;
+                };
+                let map = if paged {
+                    PosMap::Paged {
+                        table: &table[b * cols..(b + 1) * cols],
+                        bs: seq,
+                        nkv,
+                        head: g,
+                    }
+                } else {
+                    PosMap::Contig {
+                        base: (b * nkv + g) * seq,
+                    }
+                };
+                let kv = KvStream {
+                    k: ks,
+                    v: vs,
+                    map,
+                    hd,
+                };
+                let n = h1 - h0;
+                let mut qbuf = [[0f32; MAX_HEAD_DIM]; MAX_GROUP_ROWS];
+                let mut rows: [QueryRow<'_>; MAX_GROUP_ROWS] =
+                    std::array::from_fn(|_| QueryRow::empty());
+                for (i, ((buf, chunk), slot)) in qbuf
+                    .iter_mut()
+                    .zip(out_rows.chunks_mut(hd))
+                    .zip(rows.iter_mut())
+                    .enumerate()
+                    .take(n)
+                {
+                    let h = h0 + i;
+                    *slot = QueryRow {
+                        q: qs.row(b * nh + h, hd, buf),
+                        start,
+                        end,
+                        bias: bias_row(mask, (b * nh + h) * mask_len, mask_len),
+                        out: chunk,
+                    };
+                }
+                attend_rows(&mut rows[..n], &kv, scale);
+            };
+            if work >= PAR_WORK && n_tasks > 1 {
+                ctx.pool.run(n_tasks, &task);
+            } else {
+                (0..n_tasks).for_each(task);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Prefill SDPA (`[B, nh, S, hd]` against `[B, nkv, Sk, hd]`) and chunked SDPA (query row `i`
+/// of a chunk at absolute position `chunk_start + i`, against paged caches).
+#[derive(Debug)]
+pub(crate) struct SdpaPrefillCmd {
+    pub op: &'static str,
+    pub q: Arc<HostBuffer>,
+    pub k: Arc<HostBuffer>,
+    pub v: Arc<HostBuffer>,
+    pub out: Arc<HostBuffer>,
+    pub mask: Option<Arc<HostBuffer>>,
+    /// Chunked: the page table `[B, cols]`.
+    pub page_table: Option<Arc<HostBuffer>>,
+    pub batch: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub hd: usize,
+    pub sq: usize,
+    /// Unpaged: K/V sequence length; paged: block size.
+    pub sk: usize,
+    pub cols: usize,
+    pub max_blocks: usize,
+    /// Absolute position of query row 0.
+    pub chunk_start: usize,
+    pub causal: bool,
+    pub window: Option<usize>,
+    pub scale: f32,
+    /// Mask `[B, 1|nh, Sq, Sk]`: whether it has one row block per head.
+    pub mask_per_head: bool,
+    pub mask_len: usize,
+    pub table: Vec<u32>,
+    pub smask: Vec<f32>,
+    pub so: Vec<f32>,
+}
+
+/// Which positions prefill query rows attend.
+#[derive(Clone, Copy, Debug)]
+struct RowRanges {
+    causal: bool,
+    chunk_start: usize,
+    window: Option<usize>,
+    total: usize,
+}
+
+impl RowRanges {
+    /// The positions query row `i` attends.
+    fn range(&self, i: usize) -> (usize, usize) {
+        if self.causal {
+            let end = self.chunk_start + i + 1;
+            let start = self.window.map_or(0, |w| end.saturating_sub(w));
+            (start, end)
+        } else {
+            (0, self.total)
+        }
+    }
+}
+
+impl SdpaPrefillCmd {
+    fn ranges(&self) -> RowRanges {
+        RowRanges {
+            causal: self.causal,
+            chunk_start: self.chunk_start,
+            window: self.window,
+            total: self.sk * self.cols,
+        }
+    }
+}
+
+impl HostCommand for SdpaPrefillCmd {
+    fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
+        let op = self.op;
+        if let Some(pt) = &self.page_table {
+            let g = pt.read();
+            load_page_table(&g, self.max_blocks, &mut self.table);
+            let rr = self.ranges();
+            let (_, end) = rr.range(self.sq.saturating_sub(1));
+            let start = rr.range(0).0;
+            for b in 0..self.batch {
+                let row = &self.table[b * self.cols..(b + 1) * self.cols];
+                check_pages(op, b, row, &g, b * self.cols, self.sk, start..end)?;
+            }
+        }
+        let this = self.ranges();
+        let mask_guard = self.mask.as_ref().map(|m| m.read());
+        let mask: &[f32] = match &mask_guard {
+            Some(g) => read_f32(g, &mut self.smask),
+            None => &[],
+        };
+        let qg = self.q.read();
+        let kg_own;
+        let kd: &HostData = if Arc::ptr_eq(&self.q, &self.k) {
+            &qg
+        } else {
+            kg_own = self.k.read();
+            &kg_own
+        };
+        let vg_own;
+        let vd: &HostData = if Arc::ptr_eq(&self.q, &self.v) {
+            &qg
+        } else if Arc::ptr_eq(&self.k, &self.v) {
+            kd
+        } else {
+            vg_own = self.v.read();
+            &vg_own
+        };
+        let qs = RowStore::new(&qg).ok_or_else(|| internal(op, "q"))?;
+        let ks = RowStore::new(kd).ok_or_else(|| internal(op, "k"))?;
+        let vs = RowStore::new(vd).ok_or_else(|| internal(op, "v"))?;
+        let (batch, nh, nkv, hd, sq, sk, cols) = (
+            self.batch, self.nh, self.nkv, self.hd, self.sq, self.sk, self.cols,
+        );
+        let group = nh / nkv;
+        let hg = group.min(MAX_GROUP_ROWS);
+        let subgroups = group.div_ceil(hg);
+        let tq = (MAX_GROUP_ROWS / hg).max(1);
+        let qtiles = sq.div_ceil(tq);
+        let paged = self.page_table.is_some();
+        let (scale, mask_len, mask_per_head) = (self.scale, self.mask_len, self.mask_per_head);
+        let table = &self.table[..];
+        let work = if self.causal {
+            (0..sq)
+                .map(|i| this.range(i))
+                .map(|(s, e)| e - s)
+                .sum::<usize>()
+        } else {
+            sq * sk * cols
+        } * batch
+            * nh
+            * hd;
+        let mut out = self.out.write();
+        let len = batch * nh * sq * hd;
+        write_f32(&mut out, len, &mut self.so, |o| {
+            let base = SendPtr(o.as_mut_ptr());
+            let n_tasks = batch * nkv * subgroups * qtiles;
+            let task = |t: usize| {
+                let qt = t % qtiles;
+                let sgi = (t / qtiles) % subgroups;
+                let g = (t / (qtiles * subgroups)) % nkv;
+                let b = t / (qtiles * subgroups * nkv);
+                let h0 = g * group + sgi * hg;
+                let h1 = (h0 + hg).min((g + 1) * group);
+                let (i0, i1) = (qt * tq, ((qt + 1) * tq).min(sq));
+                let map = if paged {
+                    PosMap::Paged {
+                        table: &table[b * cols..(b + 1) * cols],
+                        bs: sk,
+                        nkv,
+                        head: g,
+                    }
+                } else {
+                    PosMap::Contig {
+                        base: (b * nkv + g) * sk,
+                    }
+                };
+                let kv = KvStream {
+                    k: ks,
+                    v: vs,
+                    map,
+                    hd,
+                };
+                let ni = i1 - i0;
+                let n = (h1 - h0) * ni;
+                let mut qbuf = [[0f32; MAX_HEAD_DIM]; MAX_GROUP_ROWS];
+                let mut rows: [QueryRow<'_>; MAX_GROUP_ROWS] =
+                    std::array::from_fn(|_| QueryRow::empty());
+                for (slot, (buf, r)) in qbuf.iter_mut().zip(rows.iter_mut()).enumerate().take(n) {
+                    let (h, i) = (h0 + slot / ni, i0 + slot % ni);
+                    let (start, end) = this.range(i);
+                    let orow = (b * nh + h) * sq + i;
+                    // SAFETY: each (b, h, i) output row belongs to exactly one task and one
+                    // slot; `o` outlives the parallel region.
+                    let out_row =
+                        unsafe { std::slice::from_raw_parts_mut(base.get().add(orow * hd), hd) };
+                    let mrow = if mask_per_head {
+                        (b * nh + h) * sq + i
+                    } else {
+                        b * sq + i
+                    };
+                    *r = QueryRow {
+                        q: qs.row(orow, hd, buf),
+                        start,
+                        end,
+                        bias: bias_row(mask, mrow * mask_len, mask_len),
+                        out: out_row,
+                    };
+                }
+                attend_rows(&mut rows[..n], &kv, scale);
+            };
+            if work >= PAR_WORK && n_tasks > 1 {
+                ctx.pool.run(n_tasks, &task);
+            } else {
+                (0..n_tasks).for_each(task);
+            }
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn naive(q: &[f32], k: &[f32], v: &[f32], hd: usize, start: usize, end: usize) -> Vec<f64> {
+        let scale = 1.0 / (hd as f64).sqrt();
+        let s: Vec<f64> = (start..end)
+            .map(|p| {
+                (0..hd)
+                    .map(|d| q[d] as f64 * k[p * hd + d] as f64)
+                    .sum::<f64>()
+                    * scale
+            })
+            .collect();
+        let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        (0..hd)
+            .map(|d| {
+                (start..end)
+                    .map(|p| e[p - start] * v[p * hd + d] as f64)
+                    .sum::<f64>()
+                    / sum
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_naive_and_is_group_invariant() {
+        let mut seed = 7u64;
+        let hd = 64;
+        let n = 150;
+        let k: Vec<f32> = (0..n * hd).map(|_| rng(&mut seed) * 2.0).collect();
+        let v: Vec<f32> = (0..n * hd).map(|_| rng(&mut seed)).collect();
+        let qs: Vec<Vec<f32>> = (0..5)
+            .map(|_| (0..hd).map(|_| rng(&mut seed) * 3.0).collect())
+            .collect();
+        let kv = KvStream {
+            k: RowStore::F32(&k),
+            v: RowStore::F32(&v),
+            map: PosMap::Contig { base: 0 },
+            hd,
+        };
+        let ranges = [(0, 1), (0, 33), (5, 100), (31, 150), (64, 65)];
+        let scale = default_scale(hd);
+        // Alone.
+        let mut alone = vec![vec![0f32; hd]; 5];
+        for (i, out) in alone.iter_mut().enumerate() {
+            let mut rows = [QueryRow {
+                q: &qs[i],
+                start: ranges[i].0,
+                end: ranges[i].1,
+                bias: None,
+                out,
+            }];
+            attend_rows(&mut rows, &kv, scale);
+        }
+        // Grouped.
+        let mut grouped = vec![vec![0f32; hd]; 5];
+        let mut rows: Vec<QueryRow<'_>> = grouped
+            .iter_mut()
+            .enumerate()
+            .map(|(i, out)| QueryRow {
+                q: &qs[i],
+                start: ranges[i].0,
+                end: ranges[i].1,
+                bias: None,
+                out,
+            })
+            .collect();
+        attend_rows(&mut rows, &kv, scale);
+        assert_eq!(alone, grouped);
+        for i in 0..5 {
+            let want = naive(&qs[i], &k, &v, hd, ranges[i].0, ranges[i].1);
+            for d in 0..hd {
+                assert!(
+                    (alone[i][d] as f64 - want[d]).abs() < 1e-5,
+                    "row {i} d {d}: {} vs {}",
+                    alone[i][d],
+                    want[d]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn block_row_decode_matches_blockfloat() {
+        use crate::host::blockfloat::BlockFormat;
+        let mut seed = 3u64;
+        let mut vals: Vec<f32> = (0..3 * 40).map(|_| rng(&mut seed) * 100.0).collect();
+        vals[5] = f32::INFINITY;
+        vals[50] = 1e-39;
+        for f in [BlockFormat::Bfp8, BlockFormat::Bfp4] {
+            let b = BlockFloatData::encode(f, &vals, 3, 40);
+            for r in 0..3 {
+                let (mut x, mut y) = (vec![0f32; 40], vec![0f32; 40]);
+                b.decode_row(r, &mut x);
+                decode_block_row(&b, r, &mut y);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&x), bits(&y));
+            }
+        }
+    }
+
+    #[test]
+    fn dot_is_fixed_order() {
+        let a: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
+        let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        assert!((dot(&a, &b) as f64 - want).abs() < 1e-5);
+    }
+}
