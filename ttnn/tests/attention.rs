@@ -1,5 +1,7 @@
 //! Attention ops: prefill, chunked and (paged) decode SDPA against naive f64 references, and
 //! their bitwise agreement with one another.
+// The f64 references index K/V by position and head, mirroring the math they check.
+#![allow(clippy::needless_range_loop)]
 
 mod common;
 
@@ -1471,7 +1473,7 @@ fn decode_step_in_a_trace() {
         let vr = rng.vec(b * nkv * hd, 1.0);
         let qr = rng.vec(b * nh * hd, 1.0);
         let pos_host = Tensor::from_slice(
-            &[t as i32, if t < 35 { t as i32 } else { -1 }],
+            &[t, if t < 35 { t } else { -1 }],
             [b],
             DataType::Int32,
             Layout::RowMajor,
