@@ -42,3 +42,42 @@ pub use trace::{
     Trace, TraceId, begin_trace_capture, end_trace_capture, execute_trace, release_trace,
 };
 pub use types::*;
+
+pub use ops::creation::zeros;
+pub use ops::data_movement::{SliceArgs, copy, reshape, slice, to_memory_config, unsqueeze_to_4d};
+pub use ops::embedding::{EmbeddingArgs, EmbeddingsType, embedding};
+pub use ops::matmul::{LinearArgs, MatmulArgs, MatmulProgramConfig, linear, matmul};
+pub use ops::norm::{LayerNormProgramConfig, RmsNormArgs, rms_norm};
+pub use ops::sampling::{
+    ArgmaxArgs, PlusOneArgs, SamplingArgs, TopkArgs, argmax, plus_one, sampling, topk,
+};
+
+/// TT-NN's `ttnn::experimental` ops (and `bitlinear`, the op TT-NN lacks), under the names
+/// tt_transformers calls them by.
+pub mod experimental {
+    pub use crate::ops::bitlinear::{
+        BitLinearArgs, QuantizeActivationsArgs, WeightScaleMode, bitlinear,
+        quantize_activations_int8,
+    };
+    pub use crate::ops::data_movement::{
+        NlpConcatHeadsDecodeArgs, NlpCreateQkvHeadsArgs, NlpCreateQkvHeadsDecodeArgs,
+        nlp_concat_heads, nlp_concat_heads_decode, nlp_create_qkv_heads,
+        nlp_create_qkv_heads_decode,
+    };
+    pub use crate::ops::kv_cache::{
+        PagedFillCacheArgs, PagedUpdateCacheArgs, paged_fill_cache, paged_update_cache,
+    };
+    pub use crate::ops::rotary::{
+        RotaryEmbeddingLlamaArgs, get_rot_transformation_mat, rotary_embedding_llama,
+    };
+}
+
+/// TT-NN's `ttnn::transformer` ops: scaled dot-product attention in its prefill, chunked and
+/// (paged) decode forms.
+pub mod transformer {
+    pub use crate::ops::attention::{
+        ChunkedSdpaArgs, PagedSdpaDecodeArgs, SdpaArgs, SdpaDecodeArgs, SdpaProgramConfig,
+        chunked_scaled_dot_product_attention, paged_scaled_dot_product_attention_decode,
+        scaled_dot_product_attention, scaled_dot_product_attention_decode,
+    };
+}
