@@ -6,7 +6,7 @@ use crate::bitlinear::BitLinear;
 use crate::checkpoint::Weights;
 use crate::config::BitNetConfig;
 use crate::error::Result;
-use crate::memory_plan::{MemoryPlan, PlanOp};
+use crate::memory_plan::{MemoryPlan, PlanOp, Step};
 use crate::rms_norm::RmsNorm;
 use crate::ternary::TernaryWeight;
 
@@ -37,11 +37,11 @@ impl Mlp {
         })
     }
 
-    /// `x` is the post-attention-normed residual stream.
-    pub fn forward(&self, x: &Tensor, plan: &MemoryPlan) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x, plan.op(PlanOp::Gate))?;
-        let up = self.up_proj.forward(x, plan.op(PlanOp::Up))?;
-        let mul = plan.op(PlanOp::Relu2Mul);
+    /// `x` is the post-attention-normed residual stream; placements from `step`'s plan.
+    pub fn forward(&self, x: &Tensor, plan: &MemoryPlan, step: Step) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x, plan.op_in(step, PlanOp::Gate))?;
+        let up = self.up_proj.forward(x, plan.op_in(step, PlanOp::Up))?;
+        let mul = plan.op_in(step, PlanOp::Relu2Mul);
         // relu(gate)^2 * up in one op, as tt_transformers fuses the MLP activation.
         let h = ttnn::multiply(
             &gate,
@@ -53,7 +53,9 @@ impl Mlp {
             },
         )?;
         drop((gate, up));
-        let h = self.ffn_sub_norm.forward(&h, plan.op(PlanOp::FfnSubNorm))?;
-        self.down_proj.forward(&h, plan.op(PlanOp::Down))
+        let h = self
+            .ffn_sub_norm
+            .forward(&h, plan.op_in(step, PlanOp::FfnSubNorm))?;
+        self.down_proj.forward(&h, plan.op_in(step, PlanOp::Down))
     }
 }

@@ -11,8 +11,8 @@ use ttnn::ops::data_movement::{reshape, to_memory_config};
 use ttnn::ops::embedding::{EmbeddingArgs, embedding};
 use ttnn::ops::rotary::get_rot_transformation_mat;
 use ttnn::{
-    BufferType, CoreRangeSet, DRAM_MEMORY_CONFIG, DataType, Device, Layout, MemoryConfig, ShardOrientation,
-    ShardSpec, TILE_SIZE, Tensor, TensorMemoryLayout,
+    BufferType, CoreRangeSet, DRAM_MEMORY_CONFIG, DataType, Device, Layout, MemoryConfig,
+    ShardOrientation, ShardSpec, TILE_SIZE, Tensor, TensorMemoryLayout,
 };
 
 use crate::error::Result;
@@ -22,8 +22,9 @@ use crate::error::Result;
 /// `2i + 1` both hold frequency `i`.
 pub fn rope_tables(head_dim: usize, max_seq: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
     let half = head_dim / 2;
-    let inv_freq: Vec<f32> =
-        (0..half).map(|i| 1.0f32 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0f32 / theta.powf((2 * i) as f32 / head_dim as f32))
+        .collect();
     let mut cos = vec![0f32; max_seq * head_dim];
     let mut sin = vec![0f32; max_seq * head_dim];
     for p in 0..max_seq {
@@ -53,7 +54,12 @@ pub struct RotarySetup {
 }
 
 /// One user per core, a `[32, hd]` shard each: how decode-mode RoPE inputs are laid out.
-pub fn decode_rope_memory_config(device: &Device, users: usize, rows: usize, width: usize) -> MemoryConfig {
+pub fn decode_rope_memory_config(
+    device: &Device,
+    users: usize,
+    rows: usize,
+    width: usize,
+) -> MemoryConfig {
     MemoryConfig::sharded(
         TensorMemoryLayout::HeightSharded,
         BufferType::L1,
@@ -79,15 +85,25 @@ impl RotarySetup {
     ) -> Result<Self> {
         let (cos, sin) = rope_tables(head_dim, max_seq_len, theta);
         let up = |v: Vec<f32>| -> Result<Tensor> {
-            Ok(Tensor::from_vec(v, [max_seq_len, head_dim], dtype, Layout::RowMajor)?
-                .to_device(device, &DRAM_MEMORY_CONFIG)?)
+            Ok(
+                Tensor::from_vec(v, [max_seq_len, head_dim], dtype, Layout::RowMajor)?
+                    .to_device(device, &DRAM_MEMORY_CONFIG)?,
+            )
         };
         let host_mat = get_rot_transformation_mat(dtype)?;
         let trans_mat_prefill = host_mat.to_device(device, &DRAM_MEMORY_CONFIG)?;
         let one: Vec<f32> = host_mat.to_vec()?;
         let repeated: Vec<f32> = (0..max_batch).flat_map(|_| one.iter().copied()).collect();
-        let trans_mat_decode = Tensor::from_vec(repeated, [1, 1, TILE_SIZE * max_batch, TILE_SIZE], dtype, Layout::Tile)?
-            .to_device(device, &decode_rope_memory_config(device, max_batch, TILE_SIZE, TILE_SIZE))?;
+        let trans_mat_decode = Tensor::from_vec(
+            repeated,
+            [1, 1, TILE_SIZE * max_batch, TILE_SIZE],
+            dtype,
+            Layout::Tile,
+        )?
+        .to_device(
+            device,
+            &decode_rope_memory_config(device, max_batch, TILE_SIZE, TILE_SIZE),
+        )?;
         Ok(Self {
             cos_matrix: up(cos)?,
             sin_matrix: up(sin)?,
@@ -116,10 +132,17 @@ impl RotarySetup {
     /// device): `[1, 1, S, hd]` each, tile layout, DRAM.
     pub fn prefill_rot_mats(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
         let s = positions.shape().last();
-        let args = EmbeddingArgs { layout: Some(Layout::Tile), memory_config: Some(DRAM_MEMORY_CONFIG), ..Default::default() };
+        let args = EmbeddingArgs {
+            layout: Some(Layout::Tile),
+            memory_config: Some(DRAM_MEMORY_CONFIG),
+            ..Default::default()
+        };
         let cos = embedding(positions, &self.cos_matrix, &args)?;
         let sin = embedding(positions, &self.sin_matrix, &args)?;
-        Ok((reshape(&cos, [1, 1, s, self.head_dim])?, reshape(&sin, [1, 1, s, self.head_dim])?))
+        Ok((
+            reshape(&cos, [1, 1, s, self.head_dim])?,
+            reshape(&sin, [1, 1, s, self.head_dim])?,
+        ))
     }
 
     /// cos/sin rows for decode (tt_transformers' `get_rot_mats`): `rot_idxs` is Uint32 `[1, B]`
@@ -127,7 +150,11 @@ impl RotarySetup {
     /// height-sharded one user per core. Runs inside the decode trace.
     pub fn get_rot_mats(&self, device: &Device, rot_idxs: &Tensor) -> Result<(Tensor, Tensor)> {
         let b = rot_idxs.shape().last();
-        let args = EmbeddingArgs { layout: Some(Layout::Tile), memory_config: Some(DRAM_MEMORY_CONFIG), ..Default::default() };
+        let args = EmbeddingArgs {
+            layout: Some(Layout::Tile),
+            memory_config: Some(DRAM_MEMORY_CONFIG),
+            ..Default::default()
+        };
         let mc = decode_rope_memory_config(device, b, TILE_SIZE, self.head_dim);
         let mut out = Vec::with_capacity(2);
         for table in [&self.cos_matrix, &self.sin_matrix] {

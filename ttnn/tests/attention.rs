@@ -1,7 +1,5 @@
 //! Attention ops: prefill, chunked and (paged) decode SDPA against naive f64 references, and
 //! their bitwise agreement with one another.
-// The f64 references index K/V by position and head, mirroring the math they check.
-#![allow(clippy::needless_range_loop)]
 
 mod common;
 
