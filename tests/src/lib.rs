@@ -158,3 +158,44 @@ pub fn margin(v: &[f64]) -> f64 {
     }
     a - b
 }
+
+/// A checkpoint's tensors as plain data, for writing modified copies in tests.
+pub type TensorMap = std::collections::BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
+
+/// Copies the fixture `name` into a fresh temporary directory, letting `edit` change its
+/// tensors and `config.json` first. Returns the directory (removed when dropped).
+pub fn modified_checkpoint(
+    name: &str,
+    edit: impl FnOnce(&mut TensorMap, &mut serde_json::Value),
+) -> tempfile::TempDir {
+    let src = model_dir(name);
+    let bytes = std::fs::read(src.join("model.safetensors")).expect("read model");
+    let st = SafeTensors::deserialize(&bytes).expect("parse model");
+    let mut tensors: TensorMap = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, (t.dtype(), t.shape().to_vec(), t.data().to_vec())))
+        .collect();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).expect("config"))
+            .expect("json");
+    edit(&mut tensors, &mut config);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, (d, s, b))| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("view"),
+            )
+        })
+        .collect();
+    safetensors::tensor::serialize_to_file(views, None, &dir.path().join("model.safetensors"))
+        .expect("write model");
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_string_pretty(&config).expect("json"),
+    )
+    .expect("write config");
+    dir
+}
