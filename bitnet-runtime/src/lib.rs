@@ -2,4 +2,13 @@
 //! trace-replay generator with on-device sampling, and the request scheduler (continuous
 //! batching).
 //!
-//! Empty until the runtime lands (issue 4).
+//! Today it holds [`simple`]: one sequence, untraced decode, greedy or sampled on the device.
+//! The paged, traced, batched generator replaces it behind the same request/output types.
+
+pub mod error;
+pub mod sampling;
+pub mod simple;
+
+pub use error::{Error, Result};
+pub use sampling::SamplingParams;
+pub use simple::{GenerateOutput, GenerateRequest, GenerateStats, generate};
