@@ -21,8 +21,8 @@ use std::fmt::Write as _;
 
 use serde::Deserialize;
 use ttnn::{
-    BackendKind, BufferType, ComputeKernelConfig, DRAM_MEMORY_CONFIG, DataType, Device,
-    L1_MEMORY_CONFIG, Layout, MathFidelity, MemoryConfig, Shape, TILE_SIZE, TensorMemoryLayout,
+    BufferType, ComputeKernelConfig, DRAM_MEMORY_CONFIG, DataType, Device, L1_MEMORY_CONFIG,
+    Layout, MathFidelity, MemoryConfig, Shape, TILE_SIZE, TensorMemoryLayout,
 };
 
 use crate::config::BitNetConfig;
@@ -227,12 +227,13 @@ pub struct PlanOptions {
     pub prefill_chunk: usize,
     /// The output projection's dtype (default bfp8_b).
     pub lm_head: DataType,
-    /// The KV cache's dtype. Default: f32 on the host backend and bf16 on a TT device. On the
-    /// host a bf16 cache moves the 2B-4T-format oracle's logits by a median 0.08 (max 0.64):
-    /// the int8 activation quantizers amplify the rounding, as HF's own bf16 run shows
-    /// (median 0.10 against its fp32 run), so the host keeps f32 to match the fp32 reference.
+    /// The KV cache's dtype. Default: the device's compute dtype (f32 on the host backend, bf16
+    /// on a TT device). On the host a bf16 cache moves the 2B-4T-format oracle's logits by a
+    /// median 0.08 (max 0.64): the int8 activation quantizers amplify the rounding, as HF's own
+    /// bf16 run shows (median 0.10 against its fp32 run), so the host keeps f32 to match the
+    /// fp32 reference.
     pub kv_cache: Option<DataType>,
-    /// Activation dtype; default f32 on the host backend, bf16 on a TT device.
+    /// Activation dtype; default the device's compute dtype (f32 host, bf16 TT).
     pub activation_dtype: Option<DataType>,
     /// Overrides from TOML.
     pub overrides: PlanOverrides,
@@ -441,9 +442,7 @@ impl MemoryPlan {
         let ov = &opts.overrides;
         let mut weights = WeightDtypes {
             lm_head: opts.lm_head,
-            kv_cache: opts.kv_cache.unwrap_or(match device.backend() {
-                BackendKind::Host => DataType::Float32,
-            }),
+            kv_cache: opts.kv_cache.unwrap_or(device.compute_dtype()),
         };
         if let Some(s) = &ov.weights.lm_head {
             weights.lm_head = parse_dtype("weights.lm_head", s)?;
@@ -469,10 +468,7 @@ impl MemoryPlan {
                 weights.kv_cache
             )));
         }
-        let default_act = match device.backend() {
-            BackendKind::Host => DataType::Float32,
-        };
-        let mut act = opts.activation_dtype.unwrap_or(default_act);
+        let mut act = opts.activation_dtype.unwrap_or(device.compute_dtype());
         if let Some(s) = &ov.activations.dtype {
             act = parse_dtype("activations.dtype", s)?;
         }

@@ -367,3 +367,34 @@ fn prefill_and_decode_agree() {
         }
     }
 }
+
+/// The full-vocabulary model with the default bfp8_b lm_head: top-1 where the margin allows.
+#[test]
+fn fullvocab_bfp8_lm_head_keeps_top1() {
+    let name = "fullvocab-2b4t-format";
+    let dev = device();
+    let model = load(&dev, name, DataType::Bfloat8B, DataType::Float32);
+    let g = Golden::load(&model_dir(name));
+    let prompt = g.prompt_ids();
+    let (logits, _) = teacher_forced(&model, &prompt);
+    let v = model.config().vocab_size;
+    let last = g.tensor("fp32.prompt_logits_last");
+    let s = diff_stats(&logits[(prompt.len() - 1) * v..], &last.values);
+    eprintln!(
+        "{name}: bfp8_b lm_head: last prompt logits median |Δ| {:.2e}, max {:.2e}",
+        s.median, s.max
+    );
+    let (ids, vals) = (
+        g.tensor("fp32.prompt_topk_ids"),
+        g.tensor("fp32.prompt_topk_vals"),
+    );
+    for p in 0..prompt.len() {
+        if vals.row(p)[0] - vals.row(p)[1] >= MARGIN {
+            assert_eq!(
+                argmax(&logits[p * v..(p + 1) * v]),
+                ids.row(p)[0] as usize,
+                "position {p}"
+            );
+        }
+    }
+}

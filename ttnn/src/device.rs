@@ -268,6 +268,15 @@ impl Device {
         self.inner.spec.chip.grid
     }
 
+    /// The float dtype this device computes activations in natively: Float32 on the host
+    /// backend (its kernels compute in f32), Bfloat16 on a Tenstorrent chip. What a model uses
+    /// for activations unless told otherwise.
+    pub fn compute_dtype(&self) -> DataType {
+        match self.inner.spec.backend {
+            BackendKind::Host => DataType::Float32,
+        }
+    }
+
     /// Worker threads the host backend runs kernels on.
     pub fn num_threads(&self) -> usize {
         match &self.inner.backend {
