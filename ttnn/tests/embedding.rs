@@ -386,3 +386,32 @@ fn validation_errors() {
         .expect("upload");
     assert!(err_of(embedding(&frac, &table, &d())).contains("not an integer"));
 }
+
+/// Negative Int32 ids (inactive decode slots) give zero rows; other ids look up as usual.
+#[test]
+fn negative_int32_ids_give_zero_rows() {
+    let dev = common::device();
+    let table: Vec<f32> = (0..12).map(|i| i as f32 + 1.0).collect();
+    let w = common::upload(
+        &dev,
+        &table,
+        &[4, 3],
+        ttnn::DataType::Float32,
+        ttnn::Layout::RowMajor,
+        &ttnn::DRAM_MEMORY_CONFIG,
+    );
+    let ids = ttnn::Tensor::from_slice(
+        &[2i32, -1, 0],
+        [1, 3],
+        ttnn::DataType::Int32,
+        ttnn::Layout::RowMajor,
+    )
+    .expect("ids")
+    .to_device(&dev, &ttnn::DRAM_MEMORY_CONFIG)
+    .expect("upload");
+    let out = ttnn::embedding(&ids, &w, &Default::default()).expect("embedding");
+    assert_eq!(
+        out.to_vec::<f32>().expect("read"),
+        vec![7.0, 8.0, 9.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0]
+    );
+}

@@ -50,7 +50,9 @@ pub struct EmbeddingArgs {
 /// without rounding); TT-NN silently ignores a dtype request for row-major output where the
 /// host returns an error; an id outside the table (TT-NN reads out of bounds) makes the op
 /// return an error naming the id when it runs (eagerly, or on trace replay), and the device
-/// stays usable. With an unchanged dtype, output rows are bit-exact copies of weight rows.
+/// stays usable; INT32 ids may be negative and then give zero rows (an inactive decode slot
+/// at position -1 looks up its RoPE rows from the very positions tensor the cache ops skip it
+/// by). With an unchanged dtype, output rows are bit-exact copies of weight rows.
 pub fn embedding(input_ids: &Tensor, weight: &Tensor, args: &EmbeddingArgs) -> Result<Tensor> {
     let (device, ids_buf) = on_device(OP, "input_ids", input_ids)?;
     let wb = on_same_device(OP, "weight", device, weight)?;

@@ -31,6 +31,11 @@ fn row_of(ids: &HostData, t: usize, vocab: usize, pad: Option<u32>) -> Result<Op
         // Validation admits only the three types above.
         other => unreachable!("embedding ids stored as {:?}", other.dtype()),
     };
+    // Host extension: a negative Int32 id (an inactive decode slot at position -1) reads as
+    // a zero row, so one positions tensor can drive both the cache ops and the RoPE lookup.
+    if id < 0 && matches!(ids, HostData::I32(_)) {
+        return Ok(None);
+    }
     if pad.is_some_and(|p| i64::from(p) == id) {
         return Ok(None);
     }
