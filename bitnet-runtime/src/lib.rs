@@ -5,9 +5,12 @@
 //! Today it holds [`simple`]: one sequence, untraced decode, greedy or sampled on the device.
 //! The paged, traced, batched generator replaces it behind the same request/output types.
 
+pub mod chat;
 pub mod error;
+pub mod hub;
 pub mod sampling;
 pub mod simple;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use sampling::SamplingParams;

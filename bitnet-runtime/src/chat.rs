@@ -1,0 +1,1 @@
+//! Chat formatting (BitNet 2B-4T template): System/User/Assistant turns.

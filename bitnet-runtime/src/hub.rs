@@ -1,0 +1,1 @@
+//! Model resolution: a local directory or a Hugging Face repo id (hf-hub, standard HF cache).

@@ -1,0 +1,1 @@
+//! The Llama 3 tokenizer through `tokenizers`, and a streaming detokenizer.
