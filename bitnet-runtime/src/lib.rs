@@ -2,16 +2,22 @@
 //! trace-replay generator with on-device sampling, and the request scheduler (continuous
 //! batching).
 //!
-//! Today it holds [`simple`]: one sequence, untraced decode, greedy or sampled on the device.
-//! The paged, traced, batched generator replaces it behind the same request/output types.
+//! - [`generator`]: the batched generator: chunked prefill into a paged KV cache with prefix
+//!   sharing, decode steps captured as traces per (batch bucket, sampling mode) and replayed,
+//!   sampling on the device.
+//! - [`simple`]: one sequence, untraced, for checking the generator against.
 
 pub mod chat;
 pub mod error;
+pub mod generator;
 pub mod hub;
+pub mod kv;
 pub mod sampling;
 pub mod simple;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+pub use generator::{Event, Generator, GeneratorConfig, GeneratorStats, Request, SeqId};
+pub use kv::{BlockAllocator, PagedKvCache};
 pub use sampling::SamplingParams;
-pub use simple::{GenerateOutput, GenerateRequest, GenerateStats, generate};
+pub use simple::{FinishReason, GenerateOutput, GenerateRequest, GenerateStats, generate};

@@ -38,25 +38,45 @@ pub(crate) fn quantize_row_int8(x: &[f32], q: &mut [i8]) -> f32 {
     s
 }
 
+/// Ternary values of each packed byte (codes `t + 1`, 2 bits each, value `i` in bits `2i..`).
+static UNPACK: [[i8; 4]; 256] = {
+    let mut t = [[0i8; 4]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut i = 0;
+        while i < 4 {
+            t[b][i] = ((b >> (2 * i)) & 3) as i8 - 1;
+            i += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// Values per unpacked chunk: small enough for the stack, long enough to vectorize.
+const CHUNK: usize = 64;
+
 /// `sum_k q[k] * t[k]` with `t` a packed ternary row (codes `t + 1`, 2 bits each, 4 per byte,
-/// value `4j + i` in bits `2i..2i+2` of byte `j`); exact.
+/// value `4j + i` in bits `2i..2i+2` of byte `j`); exact. Chunks are unpacked through a table
+/// into a stack buffer so that the multiply-add loop vectorizes; the SIMD kernels replace this.
 #[inline]
 pub(crate) fn dot_i8_ternary(q: &[i8], packed_row: &[u8]) -> i32 {
     let mut acc = 0i32;
-    let mut qc = q.chunks_exact(4);
-    for (qs, &byte) in (&mut qc).zip(packed_row) {
-        for (i, &qv) in qs.iter().enumerate() {
-            let t = ((byte >> (2 * i)) & 3) as i32 - 1;
-            acc += qv as i32 * t;
+    let chunks = q.len() / CHUNK;
+    for c in 0..chunks {
+        let mut w = [0i8; CHUNK];
+        for (j, wj) in w.chunks_exact_mut(4).enumerate() {
+            wj.copy_from_slice(&UNPACK[packed_row[c * CHUNK / 4 + j] as usize]);
         }
+        let qc = &q[c * CHUNK..(c + 1) * CHUNK];
+        let mut s = 0i32;
+        for i in 0..CHUNK {
+            s += qc[i] as i32 * w[i] as i32;
+        }
+        acc += s;
     }
-    let tail = qc.remainder();
-    if !tail.is_empty() {
-        let byte = packed_row[q.len() / 4];
-        for (i, &qv) in tail.iter().enumerate() {
-            let t = ((byte >> (2 * i)) & 3) as i32 - 1;
-            acc += qv as i32 * t;
-        }
+    for k in chunks * CHUNK..q.len() {
+        acc += q[k] as i32 * UNPACK[packed_row[k / 4] as usize][k % 4] as i32;
     }
     acc
 }
