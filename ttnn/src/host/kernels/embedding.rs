@@ -149,8 +149,10 @@ mod tests {
         assert_eq!(row_of(&ids, 2, 4, Some(7)).expect("pad"), None);
         let e = row_of(&ids, 2, 4, None).expect_err("out of range");
         assert!(e.to_string().contains("token id 7 at position 2"), "{e}");
-        let neg = HostData::I32(vec![-1]);
-        assert!(row_of(&neg, 0, 4, None).is_err());
+        // Negative Int32 ids are inactive slots (zero rows); past the table is an error.
+        let neg = HostData::I32(vec![-1, 4]);
+        assert_eq!(row_of(&neg, 0, 4, None).expect("inactive"), None);
+        assert!(row_of(&neg, 1, 4, None).is_err());
         let frac = HostData::Bf16(vec![bf16::from_f32(1.5)]);
         assert!(row_of(&frac, 0, 4, None).is_err());
     }
