@@ -5,12 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod run;
+
 use anyhow::{Context, bail};
 use bitnet_layers::memory_plan::parse_dtype;
 use bitnet_layers::{
     BitNetConfig, BitNetModel, KvCache, ModelOptions, PlanOptions, PlanOverrides, PrefillOptions,
 };
-use bitnet_runtime::{GenerateRequest, SamplingParams};
+use bitnet_runtime::chat::{Message, encode_chat};
+use bitnet_runtime::hub::{ResolveOptions, resolve_model};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ttnn::{ChipSpec, Device, DeviceSpec};
 
@@ -27,8 +30,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Generate tokens after a prompt given as token ids.
+    /// Generate text after a prompt (text or token ids), streamed; or a batch of requests.
     Generate(GenerateArgs),
+    /// An interactive multi-turn chat that streams its replies.
+    Chat(ChatArgs),
     /// Write the logits of one prefill to a safetensors file (tensor `logits`, float32).
     Logits(LogitsArgs),
     /// Summarise a model; with --plan, print its memory plan.
@@ -66,9 +71,17 @@ struct DeviceOpts {
 
 #[derive(Debug, Args)]
 struct ModelOpts {
-    /// Model directory (config.json + model.safetensors or a sharded index).
+    /// Model: a directory (config.json + safetensors weights), or a Hugging Face repo id such
+    /// as microsoft/bitnet-b1.58-2B-4T (downloaded into the HF cache; HF_HUB_OFFLINE=1 or
+    /// --offline uses the cache only).
     #[arg(long)]
-    model: PathBuf,
+    model: String,
+    /// Use only the local Hugging Face cache.
+    #[arg(long)]
+    offline: bool,
+    /// tokenizer.json to use instead of the model directory's.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// lm_head weight dtype: bf16, bfp8_b or bfp4_b.
     #[arg(long, default_value = "bfp8_b")]
     lm_head_dtype: String,
@@ -89,25 +102,41 @@ struct ModelOpts {
 struct GenerateArgs {
     #[command(flatten)]
     model: ModelOpts,
+    /// Prompt text (tokenized with the model's tokenizer; BOS prepended).
+    #[arg(long, conflicts_with_all = ["ids", "batch_file"])]
+    prompt: Option<String>,
     /// Prompt token ids, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
-    ids: Vec<u32>,
-    #[arg(long, default_value_t = 64)]
-    max_new_tokens: usize,
-    /// Sampling temperature (0: greedy, the default).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    temperature: f32,
-    /// Sample from the top k tokens (0: all 32 device candidates).
-    #[arg(long, default_value_t = 0)]
-    top_k: u32,
-    /// Nucleus sampling threshold.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    seed: u32,
-    /// Print one JSON object: {"prompt_ids", "ids", "finish_reason", "stats"}.
+    #[arg(long, value_delimiter = ',', conflicts_with = "batch_file")]
+    ids: Option<Vec<u32>>,
+    /// One request per line: {"ids": [...]} or {"prompt": "..."}, optional "max_new_tokens";
+    /// all decoded together; JSON lines out in input order.
+    #[arg(long)]
+    batch_file: Option<PathBuf>,
+    /// Apply the chat format to --prompt (a user turn, then "Assistant: ").
+    #[arg(long, requires = "prompt")]
+    chat: bool,
+    /// A system turn before the user's (with --chat).
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Most sequences decoded together (batch file).
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+    #[command(flatten)]
+    gen_opts: run::GenOpts,
+    /// Print one JSON object: {"prompt_ids", "ids", "text", "finish_reason", "stats"}.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelOpts,
+    /// A system turn that starts the conversation.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    gen_opts: run::GenOpts,
 }
 
 #[derive(Debug, Args)]
@@ -170,50 +199,70 @@ fn plan_options(m: &ModelOpts, max_batch: usize) -> anyhow::Result<PlanOptions> 
     })
 }
 
-fn load_model(m: &ModelOpts, max_batch: usize) -> anyhow::Result<BitNetModel> {
+/// The model directory: `--model` as given, or resolved from the Hugging Face cache/hub.
+fn model_dir(m: &ModelOpts) -> anyhow::Result<PathBuf> {
+    let opts = ResolveOptions {
+        offline: m.offline,
+        progress: true,
+        ..Default::default()
+    };
+    Ok(resolve_model(&m.model, &opts)?)
+}
+
+fn load_model(m: &ModelOpts, max_batch: usize) -> anyhow::Result<(BitNetModel, PathBuf)> {
+    let dir = model_dir(m)?;
     let device = open_device(&m.device)?;
     let opts = ModelOptions {
         plan: plan_options(m, max_batch)?,
         max_seq_len: m.max_seq_len,
     };
-    BitNetModel::load(&m.model, &device, &opts)
-        .with_context(|| format!("loading {}", m.model.display()))
+    let model = BitNetModel::load(&dir, &device, &opts)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    Ok((model, dir))
 }
 
 fn generate(a: GenerateArgs) -> anyhow::Result<()> {
-    let model = load_model(&a.model, 1)?;
-    let req = GenerateRequest {
-        prompt_ids: a.ids.clone(),
-        max_new_tokens: a.max_new_tokens,
-        sampling: SamplingParams {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.seed,
-        },
-        stop_ids: model.config().eos_token_ids.clone(),
-    };
-    let out = bitnet_runtime::generate(&model, &req)?;
-    if a.json {
-        let v = serde_json::json!({
-            "prompt_ids": a.ids,
-            "ids": out.ids,
-            "finish_reason": out.finish_reason,
-            "stats": out.stats,
-        });
-        println!("{v}");
+    let max_batch = if a.batch_file.is_some() {
+        a.max_batch
     } else {
-        let ids: Vec<String> = out.ids.iter().map(u32::to_string).collect();
-        println!("{}", ids.join(" "));
-        eprintln!(
-            "prefill {:.1} tok/s, decode {:.1} tok/s, {} tokens ({:?})",
-            out.stats.prefill_tok_s,
-            out.stats.decode_tok_s,
-            out.stats.generated_tokens,
-            out.finish_reason
-        );
+        1
+    };
+    let (model, dir) = load_model(&a.model, max_batch)?;
+    // The tokenizer is needed for text in or out; --ids alone runs without one.
+    let tok = match run::load_tokenizer(&dir, a.model.tokenizer.as_ref()) {
+        Ok(t) => Some(t),
+        Err(e) if a.prompt.is_some() => return Err(e),
+        Err(_) => None,
+    };
+    if let Some(path) = &a.batch_file {
+        return run::generate_batch(&model, tok.as_ref(), path, &a.gen_opts, max_batch);
     }
-    Ok(())
+    let prompt_ids = match (&a.prompt, &a.ids) {
+        (Some(p), _) => {
+            let t = tok
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("--prompt needs a tokenizer"))?;
+            if a.chat {
+                let mut msgs = Vec::new();
+                if let Some(s) = &a.system {
+                    msgs.push(Message::system(s.clone()));
+                }
+                msgs.push(Message::user(p.clone()));
+                encode_chat(t, &msgs, true)?
+            } else {
+                t.encode(p, true)?
+            }
+        }
+        (None, Some(ids)) => ids.clone(),
+        (None, None) => bail!("give --prompt, --ids or --batch-file"),
+    };
+    run::generate_one(&model, tok.as_ref(), prompt_ids, &a.gen_opts, a.json)
+}
+
+fn chat(a: ChatArgs) -> anyhow::Result<()> {
+    let (model, dir) = load_model(&a.model, 1)?;
+    let tok = run::load_tokenizer(&dir, a.model.tokenizer.as_ref())?;
+    run::chat(&model, &tok, a.system.as_deref(), &a.gen_opts)
 }
 
 fn write_logits(path: &Path, shape: Vec<usize>, values: &[f32]) -> anyhow::Result<()> {
@@ -224,7 +273,7 @@ fn write_logits(path: &Path, shape: Vec<usize>, values: &[f32]) -> anyhow::Resul
 }
 
 fn logits(a: LogitsArgs) -> anyhow::Result<()> {
-    let model = load_model(&a.model, 1)?;
+    let (model, _) = load_model(&a.model, 1)?;
     if a.ids.is_empty() {
         bail!("--ids needs at least one token id");
     }
@@ -259,9 +308,10 @@ fn logits(a: LogitsArgs) -> anyhow::Result<()> {
 }
 
 fn info(a: InfoArgs) -> anyhow::Result<()> {
-    let cfg = BitNetConfig::from_file(&a.model.model.join("config.json"))?;
+    let dir = model_dir(&a.model)?;
+    let cfg = BitNetConfig::from_file(&dir.join("config.json"))?;
     let summary = serde_json::json!({
-        "model": a.model.model.display().to_string(),
+        "model": dir.display().to_string(),
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
@@ -315,6 +365,7 @@ fn devices() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(a) => generate(a),
+        Command::Chat(a) => chat(a),
         Command::Logits(a) => logits(a),
         Command::Info(a) => info(a),
         Command::Devices => {

@@ -235,3 +235,200 @@ fn bad_input_is_a_clear_error() {
     let out = bitnet(&["info", "--model", m, "--plan", "--lm-head-dtype", "int3"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("int3"));
 }
+
+fn fullvocab_with_tokenizer() -> (String, String) {
+    let dir = model_dir("fullvocab-2b4t-format")
+        .to_str()
+        .expect("path")
+        .to_string();
+    let tok = bitnet_tests::test_tokenizer_path()
+        .to_str()
+        .expect("path")
+        .to_string();
+    (dir, tok)
+}
+
+#[test]
+fn generate_streams_text_from_a_chat_prompt() {
+    let (dir, tok) = fullvocab_with_tokenizer();
+    let g = Golden::load(&model_dir("fullvocab-2b4t-format"));
+    let common = [
+        "generate",
+        "--model",
+        &dir,
+        "--tokenizer",
+        &tok,
+        "--prompt",
+        "Hey, are you conscious? Can you talk to me?",
+        "--chat",
+        "--max-new-tokens",
+        "16",
+        "--lm-head-dtype",
+        "bf16",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--json", "--stats"]);
+    let v: serde_json::Value = serde_json::from_str(ok(&bitnet(&args)).trim()).expect("json");
+    // The chat format gives exactly the golden prompt ids, and greedy gives the golden ids.
+    let prompt: Vec<u32> = v["prompt_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect();
+    assert_eq!(prompt, g.prompt_ids());
+    let ids: Vec<u32> = v["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect();
+    assert_eq!(ids, g.greedy("fp32"));
+    for key in [
+        "prefill_tok_s",
+        "decode_tok_s",
+        "trace_captures",
+        "trace_replays",
+        "kv_blocks_peak",
+        "dram_bytes_peak",
+        "l1_bytes_peak",
+    ] {
+        assert!(
+            v["stats"].get(key).is_some(),
+            "stats lacks {key}: {}",
+            v["stats"]
+        );
+    }
+    assert_eq!(v["stats"]["trace_captures"], 1);
+    assert_eq!(v["stats"]["trace_replays"], 14);
+    // Streamed text equals the JSON text.
+    let text = ok(&bitnet(&common));
+    assert_eq!(
+        text.trim_end_matches('\n'),
+        v["text"].as_str().expect("text")
+    );
+}
+
+#[test]
+fn batch_file_lines_come_back_in_order_and_bad_lines_fail_alone() {
+    let (dir, tok) = fullvocab_with_tokenizer();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let batch = tmp.path().join("batch.jsonl");
+    std::fs::write(
+        &batch,
+        [
+            r#"{"prompt": "Hello world", "max_new_tokens": 5}"#,
+            r#"{"ids": [128000, 9906, 1917]}"#,
+            r#"{"ids": [1, 2, 999999]}"#,
+            r#"this is not json"#,
+            r#"{"prompt": "The year 2025 had 365 days", "max_new_tokens": 9}"#,
+            r#"{"ids": [1], "prompt": "both"}"#,
+            r#"{"ids": [128000, 9906], "max_new_tokens": 0}"#,
+        ]
+        .join("\n"),
+    )
+    .expect("write batch");
+    let out = ok(&bitnet(&[
+        "generate",
+        "--model",
+        &dir,
+        "--tokenizer",
+        &tok,
+        "--batch-file",
+        batch.to_str().expect("p"),
+        "--max-new-tokens",
+        "7",
+        "--lm-head-dtype",
+        "bf16",
+    ]));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 7);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["index"], i);
+    }
+    assert_eq!(lines[0]["ids"].as_array().expect("ids").len(), 5);
+    assert_eq!(lines[1]["ids"].as_array().expect("ids").len(), 7);
+    assert_eq!(lines[4]["ids"].as_array().expect("ids").len(), 9);
+    assert!(
+        lines[2]["error"]
+            .as_str()
+            .expect("error")
+            .contains("999999")
+    );
+    assert!(
+        lines[3]["error"]
+            .as_str()
+            .expect("error")
+            .contains("line 4")
+    );
+    assert!(
+        lines[5]["error"]
+            .as_str()
+            .expect("error")
+            .contains("exactly one")
+    );
+    assert!(
+        lines[6]["error"]
+            .as_str()
+            .expect("error")
+            .contains("max_new_tokens")
+    );
+    // Decoded together, each line equals its own run alone.
+    let alone = ok(&bitnet(&[
+        "generate",
+        "--model",
+        &dir,
+        "--tokenizer",
+        &tok,
+        "--prompt",
+        "The year 2025 had 365 days",
+        "--max-new-tokens",
+        "9",
+        "--json",
+        "--lm-head-dtype",
+        "bf16",
+    ]));
+    let alone: serde_json::Value = serde_json::from_str(alone.trim()).expect("json");
+    assert_eq!(alone["ids"], lines[4]["ids"]);
+}
+
+#[test]
+fn chat_repl_streams_replies_over_turns() {
+    use std::io::Write;
+    let (dir, tok) = fullvocab_with_tokenizer();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args([
+            "chat",
+            "--model",
+            &dir,
+            "--tokenizer",
+            &tok,
+            "--max-new-tokens",
+            "6",
+            "--stats",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn chat");
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(
+            b"Hey, are you conscious? Can you talk to me?\nAnd now?\n/reset\nAgain?\n/exit\n",
+        )
+        .expect("write");
+    let out = child.wait_with_output().expect("chat ends");
+    let stdout = ok(&out);
+    assert!(stdout.matches("> ").count() >= 4, "{stdout}");
+    assert!(stdout.contains("(conversation reset)"), "{stdout}");
+    // The second turn reuses the first turn's cached blocks only if they are full; the stats
+    // line is printed once per turn.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("decode").count(), 3, "{stderr}");
+}

@@ -55,6 +55,15 @@ pub enum Error {
         path: std::path::PathBuf,
         reason: String,
     },
+    /// A tokenizer file could not be loaded (names the file).
+    #[error("cannot load tokenizer {}: {reason}", path.display())]
+    TokenizerLoad {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// Encoding or decoding failed, or the tokenizer lacks a token the request needs.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
     /// A TT-NN op failed.
     #[error(transparent)]
     Ttnn(#[from] ttnn::Error),

@@ -6,6 +6,8 @@
 //!   sharing, decode steps captured as traces per (batch bucket, sampling mode) and replayed,
 //!   sampling on the device.
 //! - [`simple`]: one sequence, untraced, for checking the generator against.
+//! - [`tokenizer`]: the Llama 3 tokenizer, a streaming detokenizer and the stop ids;
+//!   [`chat`]: the 2B-4T chat format; [`hub`]: model directories and Hugging Face repo ids.
 
 pub mod chat;
 pub mod error;
@@ -16,8 +18,10 @@ pub mod sampling;
 pub mod simple;
 pub mod tokenizer;
 
+pub use chat::{Conversation, Message, Role, encode_chat, format_chat};
 pub use error::{Error, Result};
 pub use generator::{Event, Generator, GeneratorConfig, GeneratorStats, Request, SeqId};
 pub use kv::{BlockAllocator, PagedKvCache};
 pub use sampling::SamplingParams;
 pub use simple::{FinishReason, GenerateOutput, GenerateRequest, GenerateStats, generate};
+pub use tokenizer::{StreamDecoder, Tokenizer};

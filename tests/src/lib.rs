@@ -199,3 +199,24 @@ pub fn modified_checkpoint(
     .expect("write config");
     dir
 }
+
+/// The Llama 3 test tokenizer fetched by `cargo xtask fetch-test-data` (never committed:
+/// licence): `$BITNET_TEST_TOKENIZER`, else
+/// `${BITNET_TEST_DATA:-<workspace>/.cache/test-data}/llama3/tokenizer.json`. Panics with what
+/// to run when it is missing, so tests that need it fail rather than skip.
+pub fn test_tokenizer_path() -> PathBuf {
+    let path = match std::env::var_os("BITNET_TEST_TOKENIZER") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::var_os("BITNET_TEST_DATA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| fixtures_dir().join("../../.cache/test-data"))
+            .join("llama3/tokenizer.json"),
+    };
+    assert!(
+        path.is_file(),
+        "the Llama 3 test tokenizer is missing at {}: run `cargo xtask fetch-test-data` (or `cargo xtask test`), \
+         or set BITNET_TEST_TOKENIZER",
+        path.display()
+    );
+    path
+}

@@ -1,6 +1,11 @@
-//! `cargo xtask`: project automation that needs nothing beyond cargo. Tasks arrive with the
-//! issues that need them (`bindgen`, `synth-model`, `test-hw`).
+//! `cargo xtask`: project automation that needs nothing beyond cargo (and pip for test data).
+//! Tasks arrive with the issues that need them (`bindgen`, `synth-model`, `test-hw`).
 
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -12,26 +17,90 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Run the checks CI runs: fmt, clippy, tests.
+    /// Run the checks CI runs: fmt, clippy, then `test`.
     Ci,
+    /// Fetch the test data that cannot be committed (the Llama 3 tokenizer, with pip) into
+    /// `.cache/test-data` (or $BITNET_TEST_DATA); cached, so offline after the first time.
+    FetchTestData,
+    /// Fetch the test data, then run `cargo test --workspace` with any extra arguments.
+    Test {
+        /// Passed on to `cargo test --workspace` as they are (e.g. `-- --nocapture`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
-fn cargo() -> std::process::Command {
-    std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+fn workspace_root() -> PathBuf {
+    // xtask/ sits in the workspace root.
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
-fn run(cmd: &mut std::process::Command) -> anyhow::Result<()> {
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("$ {cmd:?}");
     let status = cmd.status()?;
     anyhow::ensure!(status.success(), "{cmd:?} failed with {status}");
     Ok(())
 }
 
+/// Runs `scripts/fetch-test-data.sh`; returns the tokenizer path it prints.
+fn fetch_test_data() -> anyhow::Result<PathBuf> {
+    let script = workspace_root().join("scripts/fetch-test-data.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script)
+        .current_dir(workspace_root())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    eprintln!("$ {cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{} failed with {}",
+        script.display(),
+        out.status
+    );
+    let stdout = String::from_utf8(out.stdout).context("the script printed a non-UTF-8 path")?;
+    let path = stdout
+        .lines()
+        .last()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .context("the script printed no path")?;
+    Ok(PathBuf::from(path))
+}
+
+/// The arguments after the task name, verbatim. clap would drop a leading `--` (its escape), and
+/// `cargo xtask test -- --nocapture` must reach `cargo test` with it.
+fn passthrough_args(argv: &[OsString], task: &str) -> Vec<OsString> {
+    match argv.iter().position(|a| a == task) {
+        Some(i) => argv[i + 1..].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+fn test(args: &[OsString]) -> anyhow::Result<()> {
+    let tokenizer = fetch_test_data()?;
+    // Tell the tests exactly where the data is, whatever $BITNET_TEST_DATA said.
+    run(cargo()
+        .args(["test", "--workspace"])
+        .args(args)
+        .env("BITNET_TEST_TOKENIZER", tokenizer))
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = Cli::parse_from(&argv);
     match cli.task {
         None => {
-            eprintln!("tasks: ci   (cargo xtask --help for details)");
+            eprintln!("tasks: ci, fetch-test-data, test   (cargo xtask --help for details)");
             Ok(())
         }
         Some(Task::Ci) => {
@@ -44,7 +113,40 @@ fn main() -> anyhow::Result<()> {
                 "-D",
                 "warnings",
             ]))?;
-            run(cargo().args(["test", "--workspace"]))
+            test(&[])
         }
+        Some(Task::FetchTestData) => {
+            let path = fetch_test_data()?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        // `args` is parsed only for `--help`; the verbatim tail keeps a leading `--`.
+        Some(Task::Test { args: _ }) => test(&passthrough_args(&argv, "test")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_args(argv: &[&str]) -> Vec<OsString> {
+        let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+        let cli = Cli::try_parse_from(&argv).unwrap();
+        assert!(matches!(cli.task, Some(Task::Test { .. })));
+        passthrough_args(&argv, "test")
+    }
+
+    #[test]
+    fn test_passes_arguments_through() {
+        assert!(test_args(&["xtask", "test"]).is_empty());
+        assert_eq!(
+            test_args(&["xtask", "test", "-p", "bitnet-runtime", "--", "--nocapture"]),
+            ["-p", "bitnet-runtime", "--", "--nocapture"]
+        );
+        assert_eq!(
+            test_args(&["xtask", "test", "--", "--nocapture"]),
+            ["--", "--nocapture"]
+        );
+        assert_eq!(test_args(&["xtask", "test", "--", "test"]), ["--", "test"]);
     }
 }
