@@ -1,6 +1,8 @@
 //! `cargo xtask`: project automation that needs nothing beyond cargo. Tasks arrive with the
 //! issues that need them (`bindgen`, `synth-model`, `test-hw`).
 
+mod bindgen;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -14,6 +16,11 @@ struct Cli {
 enum Task {
     /// Run the checks CI runs: fmt, clippy, tests.
     Ci,
+    /// Regenerate ttnn-sys/src/bindings.rs from ttnn-sys/csrc/ttnn_c.h (--check: fail if stale).
+    Bindgen {
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn cargo() -> std::process::Command {
@@ -46,5 +53,6 @@ fn main() -> anyhow::Result<()> {
             ]))?;
             run(cargo().args(["test", "--workspace"]))
         }
+        Some(Task::Bindgen { check }) => bindgen::run(check),
     }
 }
