@@ -1,6 +1,8 @@
 //! `cargo xtask`: project automation that needs nothing beyond cargo (and pip for test data).
 //! Tasks arrive with the issues that need them (`bindgen`, `synth-model`, `test-hw`).
 
+mod bindgen;
+
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -27,6 +29,11 @@ enum Task {
         /// Passed on to `cargo test --workspace` as they are (e.g. `-- --nocapture`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Regenerate ttnn-sys/src/bindings.rs from ttnn-sys/csrc/ttnn_c.h (--check: fail if stale).
+    Bindgen {
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -122,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         }
         // `args` is parsed only for `--help`; the verbatim tail keeps a leading `--`.
         Some(Task::Test { args: _ }) => test(&passthrough_args(&argv, "test")),
+        Some(Task::Bindgen { check }) => bindgen::run(check),
     }
 }
 
