@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, IxDyn};
 
-use crate::device::Device;
+use crate::device::{Allocation, Device};
 use crate::error::{Error, Result};
 use crate::host::HostBuffer;
 use crate::host::data::{Element, HostData};
@@ -14,14 +14,22 @@ use crate::types::{DataType, Layout, MemoryConfig, Shape};
 #[derive(Clone)]
 pub(crate) enum Storage {
     Host(Arc<HostData>),
+    /// `alloc` is the buffer's reservation in the modelled memory, owned by the tensor handles
+    /// only: a trace that recorded an op keeps the data (`buffer`) but not the reservation, so
+    /// memory freed by dropping a tensor during capture can be reused by later ops of the same
+    /// capture, as TT-NN's allocator reuses addresses. A trace's working set is then the peak
+    /// of what was live, not the sum of every intermediate.
     Device {
         device: Device,
         buffer: Arc<HostBuffer>,
+        #[allow(dead_code)] // held for its Drop: the reservation lives as long as the handles
+        alloc: Arc<Allocation>,
     },
 }
 
 /// A tensor. Cloning shares the data (like a TT-NN tensor handle); a device tensor's memory
-/// returns to its device when the last handle (and any trace using it) is dropped.
+/// returns to its device when the last handle is dropped (a trace that used it keeps only the
+/// data, see `Storage`).
 #[derive(Clone)]
 pub struct Tensor {
     shape: Shape,
@@ -38,7 +46,7 @@ impl std::fmt::Debug for Tensor {
             .field("layout", &self.layout);
         match &self.storage {
             Storage::Host(_) => d.field("storage", &"host"),
-            Storage::Device { device, buffer } => d
+            Storage::Device { device, buffer, .. } => d
                 .field("device", &device.id())
                 .field("memory_config", &buffer.memory_config),
         };
@@ -212,8 +220,8 @@ impl Tensor {
         layout: Layout,
         mc: &MemoryConfig,
     ) -> Result<Self> {
-        let allocation = device.allocate(op, shape, dtype, layout, mc)?;
-        let buffer = HostBuffer::new(HostData::zeros(dtype, shape), mc.clone(), allocation);
+        let alloc = Arc::new(device.allocate(op, shape, dtype, layout, mc)?);
+        let buffer = HostBuffer::new(HostData::zeros(dtype, shape), mc.clone());
         Ok(Self::from_parts(
             shape,
             dtype,
@@ -221,6 +229,7 @@ impl Tensor {
             Storage::Device {
                 device: device.clone(),
                 buffer: Arc::new(buffer),
+                alloc,
             },
         ))
     }
@@ -240,8 +249,8 @@ impl Tensor {
             }
         };
         device.host().ensure_not_capturing(op)?;
-        let allocation = device.allocate(op, self.shape, self.dtype, self.layout, mc)?;
-        let buffer = HostBuffer::new((**data).clone(), mc.clone(), allocation);
+        let alloc = Arc::new(device.allocate(op, self.shape, self.dtype, self.layout, mc)?);
+        let buffer = HostBuffer::new((**data).clone(), mc.clone());
         Ok(Self::from_parts(
             self.shape,
             self.dtype,
@@ -249,6 +258,7 @@ impl Tensor {
             Storage::Device {
                 device: device.clone(),
                 buffer: Arc::new(buffer),
+                alloc,
             },
         ))
     }
@@ -257,7 +267,7 @@ impl Tensor {
     pub fn to_host(&self) -> Result<Tensor> {
         match &self.storage {
             Storage::Host(_) => Ok(self.clone()),
-            Storage::Device { device, buffer } => {
+            Storage::Device { device, buffer, .. } => {
                 device.host().ensure_not_capturing("Tensor::to_host")?;
                 let data = buffer.read().clone();
                 Ok(Self::from_parts(
@@ -276,7 +286,7 @@ impl Tensor {
         let op = "Tensor::to_vec";
         match &self.storage {
             Storage::Host(d) => T::from_host_data(op, d),
-            Storage::Device { device, buffer } => {
+            Storage::Device { device, buffer, .. } => {
                 device.host().ensure_not_capturing(op)?;
                 T::from_host_data(op, &buffer.read())
             }
@@ -322,7 +332,7 @@ impl Tensor {
         what: &str,
     ) -> Result<(&Device, &Arc<HostBuffer>)> {
         match &self.storage {
-            Storage::Device { device, buffer } => Ok((device, buffer)),
+            Storage::Device { device, buffer, .. } => Ok((device, buffer)),
             Storage::Host(_) => Err(Error::WrongStorage {
                 op,
                 what: what.to_string(),

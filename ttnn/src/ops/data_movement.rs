@@ -60,7 +60,7 @@ pub fn reshape(tensor: &Tensor, shape: impl Into<Shape>) -> Result<Tensor> {
                 Storage::Host(Arc::new(data)),
             ))
         }
-        Storage::Device { device, buffer } => {
+        Storage::Device { device, buffer, .. } => {
             let mc =
                 crate::ops::output_memory_config(op, device, None, tensor, shape, tensor.layout())?;
             let out = Tensor::allocate(device, op, shape, dtype, tensor.layout(), &mc)?;

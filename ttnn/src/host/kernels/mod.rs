@@ -11,6 +11,7 @@ pub(crate) mod matmul;
 pub(crate) mod norm;
 pub(crate) mod rotary;
 pub(crate) mod sampling;
+pub(crate) mod ternary_dot;
 
 use super::data::HostData;
 
