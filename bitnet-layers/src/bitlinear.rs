@@ -68,7 +68,7 @@ impl BitLinear {
                 .collect();
             Some(
                 Tensor::from_vec(s, [out_features], DataType::Float32, Layout::RowMajor)?
-                    .to_device(device, &DRAM_MEMORY_CONFIG)?,
+                    .into_device(device, &DRAM_MEMORY_CONFIG)?,
             )
         } else {
             None

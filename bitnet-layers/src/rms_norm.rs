@@ -28,7 +28,7 @@ impl RmsNorm {
         };
         let weight =
             Tensor::from_slice(gain, shape.as_slice(), DataType::Float32, Layout::RowMajor)?
-                .to_device(device, &DRAM_MEMORY_CONFIG)?;
+                .into_device(device, &DRAM_MEMORY_CONFIG)?;
         Ok(Self { weight, eps, dim })
     }
 

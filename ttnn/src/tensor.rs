@@ -150,6 +150,33 @@ impl Tensor {
         Self::from_slice(&values, shape, dtype, layout)
     }
 
+    /// A bf16 host tensor over `len = shape.volume()` values at byte `offset` of `owner`,
+    /// without a copy (e.g. an embedding table in a memory-mapped checkpoint; moved to the
+    /// host backend with [`Tensor::into_device`] it stays borrowed). Errors if the range is out
+    /// of bounds or not 2-byte aligned (copy the values instead).
+    pub fn from_shared_bf16(
+        owner: crate::host::data::SharedBytes,
+        offset: usize,
+        shape: impl Into<Shape>,
+        layout: Layout,
+    ) -> Result<Self> {
+        let op = "Tensor::from_shared_bf16";
+        let shape = shape.into();
+        let buf = crate::host::data::Bf16Buf::shared(owner, offset, shape.volume())
+            .ok_or_else(|| Error::arg(op, "the bf16 range is out of bounds or not 2-byte aligned"))?;
+        Ok(Self::from_parts(shape, DataType::Bfloat16, layout, Storage::Host(Arc::new(HostData::Bf16(buf)))))
+    }
+
+    /// A host tensor of `dtype` from little-endian bf16 bytes (a checkpoint tensor), converted
+    /// row by row without an f32 copy of the whole.
+    pub fn from_bf16_bytes(bytes: &[u8], shape: impl Into<Shape>, dtype: DataType, layout: Layout) -> Result<Self> {
+        let op = "Tensor::from_bf16_bytes";
+        let shape = shape.into();
+        check_tile_dtype(op, dtype, layout)?;
+        let data = HostData::from_bf16_bytes(op, bytes, dtype, shape)?;
+        Ok(Self::from_parts(shape, dtype, layout, Storage::Host(Arc::new(data))))
+    }
+
     /// A zero-filled host tensor.
     pub fn zeros(shape: impl Into<Shape>, dtype: DataType, layout: Layout) -> Result<Self> {
         let shape = shape.into();
@@ -260,6 +287,25 @@ impl Tensor {
                 buffer: Arc::new(buffer),
                 alloc,
             },
+        ))
+    }
+
+    /// Like [`Tensor::to_device`], consuming the host tensor: its data moves into the device
+    /// buffer without a copy when no other handle shares it (how large weights upload without
+    /// a second copy in memory).
+    pub fn into_device(self, device: &Device, mc: &MemoryConfig) -> Result<Tensor> {
+        let op = "Tensor::into_device";
+        let Storage::Host(data) = self.storage else {
+            return Err(Error::WrongStorage { op, what: "the tensor".into(), expected: "the host" });
+        };
+        device.host().ensure_not_capturing(op)?;
+        let alloc = Arc::new(device.allocate(op, self.shape, self.dtype, self.layout, mc)?);
+        let data = Arc::try_unwrap(data).unwrap_or_else(|shared| (*shared).clone());
+        Ok(Self::from_parts(
+            self.shape,
+            self.dtype,
+            self.layout,
+            Storage::Device { device: device.clone(), buffer: Arc::new(HostBuffer::new(data, mc.clone())), alloc },
         ))
     }
 

@@ -56,12 +56,20 @@ impl TernaryData {
     pub fn pack_from(&mut self, mut values: impl Iterator<Item = i8>) {
         let rb = Self::row_bytes(self.row_len);
         self.packed.fill(0x55);
+        let mut chunk = [1u8; CHUNK];
         for r in 0..self.rows {
             let row = &mut self.packed[r * rb..(r + 1) * rb];
-            for c in 0..self.row_len {
-                let t = values.next().unwrap_or(0);
-                let (byte, shift) = place(c);
-                row[byte] = (row[byte] & !(3 << shift)) | (((t + 1) as u8) << shift);
+            for (c, dst) in row.chunks_exact_mut(CHUNK_BYTES).enumerate() {
+                let n = (self.row_len - c * CHUNK).min(CHUNK);
+                for (i, code) in chunk.iter_mut().enumerate() {
+                    *code = if i < n { (values.next().unwrap_or(0) + 1) as u8 } else { 1 };
+                }
+                for (j, byte) in dst.iter_mut().enumerate() {
+                    *byte = chunk[j]
+                        | (chunk[j + CHUNK_BYTES] << 2)
+                        | (chunk[j + 2 * CHUNK_BYTES] << 4)
+                        | (chunk[j + 3 * CHUNK_BYTES] << 6);
+                }
             }
         }
     }
