@@ -83,6 +83,16 @@ impl BitLinear {
         })
     }
 
+    /// Bytes of weights (and scales) one forward pass streams.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight.storage_bytes().unwrap_or(0)
+            + self
+                .scales
+                .as_ref()
+                .and_then(Tensor::storage_bytes)
+                .unwrap_or(0)
+    }
+
     pub fn in_features(&self) -> usize {
         self.in_features
     }

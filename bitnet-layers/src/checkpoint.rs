@@ -185,7 +185,9 @@ impl Checkpoint {
     /// the mapping stays valid (a later read faults the pages back in from the page cache), but
     /// loading a model no longer holds every checkpoint byte resident at once.
     pub fn release(&self, name: &str) {
-        let Some(&fi) = self.index.get(name) else { return };
+        let Some(&fi) = self.index.get(name) else {
+            return;
+        };
         let f = &self.files[fi];
         let (start, end) = f.tensors[name].data_offsets;
         let page = 4096;
@@ -195,7 +197,10 @@ impl Checkpoint {
             // SAFETY: the mapping is a read-only file mapping; MADV_DONTNEED only drops
             // its resident pages, which are re-read from the file on the next access, so no
             // data visible through `self` changes. A failure just leaves the pages resident.
-            let _ = unsafe { f.mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, from, to - from) };
+            let _ = unsafe {
+                f.mmap
+                    .unchecked_advise_range(UncheckedAdvice::DontNeed, from, to - from)
+            };
         }
     }
 

@@ -192,6 +192,17 @@ impl BitNetModel {
         &self.device
     }
 
+    /// Weight bytes one decode step streams from memory: every layer, the final norm and the
+    /// lm_head (the embedding is a lookup of one row per token, not counted).
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(DecoderLayer::weight_bytes)
+            .sum::<u64>()
+            + self.norm.weight_bytes()
+            + self.lm_head.storage_bytes().unwrap_or(0)
+    }
+
     /// Longest sequence the RoPE tables cover.
     pub fn max_seq_len(&self) -> usize {
         self.rope.max_seq_len()

@@ -37,6 +37,11 @@ impl RmsNorm {
         Self::new(device, &w.f32_values("weight", &[dim])?, eps)
     }
 
+    /// Bytes of the gain.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight.storage_bytes().unwrap_or(0)
+    }
+
     pub fn dim(&self) -> usize {
         self.dim
     }

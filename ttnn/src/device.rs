@@ -350,6 +350,13 @@ impl Device {
         }
     }
 
+    /// The instruction set the host backend's kernels use.
+    pub fn host_isa(&self) -> HostIsa {
+        match &self.inner.backend {
+            BackendImpl::Host(h) => h.isa,
+        }
+    }
+
     /// Worker threads the host backend runs kernels on.
     pub fn num_threads(&self) -> usize {
         match &self.inner.backend {

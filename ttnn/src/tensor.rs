@@ -162,19 +162,36 @@ impl Tensor {
     ) -> Result<Self> {
         let op = "Tensor::from_shared_bf16";
         let shape = shape.into();
-        let buf = crate::host::data::Bf16Buf::shared(owner, offset, shape.volume())
-            .ok_or_else(|| Error::arg(op, "the bf16 range is out of bounds or not 2-byte aligned"))?;
-        Ok(Self::from_parts(shape, DataType::Bfloat16, layout, Storage::Host(Arc::new(HostData::Bf16(buf)))))
+        let buf =
+            crate::host::data::Bf16Buf::shared(owner, offset, shape.volume()).ok_or_else(|| {
+                Error::arg(op, "the bf16 range is out of bounds or not 2-byte aligned")
+            })?;
+        Ok(Self::from_parts(
+            shape,
+            DataType::Bfloat16,
+            layout,
+            Storage::Host(Arc::new(HostData::Bf16(buf))),
+        ))
     }
 
     /// A host tensor of `dtype` from little-endian bf16 bytes (a checkpoint tensor), converted
     /// row by row without an f32 copy of the whole.
-    pub fn from_bf16_bytes(bytes: &[u8], shape: impl Into<Shape>, dtype: DataType, layout: Layout) -> Result<Self> {
+    pub fn from_bf16_bytes(
+        bytes: &[u8],
+        shape: impl Into<Shape>,
+        dtype: DataType,
+        layout: Layout,
+    ) -> Result<Self> {
         let op = "Tensor::from_bf16_bytes";
         let shape = shape.into();
         check_tile_dtype(op, dtype, layout)?;
         let data = HostData::from_bf16_bytes(op, bytes, dtype, shape)?;
-        Ok(Self::from_parts(shape, dtype, layout, Storage::Host(Arc::new(data))))
+        Ok(Self::from_parts(
+            shape,
+            dtype,
+            layout,
+            Storage::Host(Arc::new(data)),
+        ))
     }
 
     /// A zero-filled host tensor.
@@ -225,6 +242,16 @@ impl Tensor {
 
     pub fn is_on_device(&self) -> bool {
         matches!(self.storage, Storage::Device { .. })
+    }
+
+    /// Bytes the host really keeps for this tensor's values (its storage form, e.g. 2 bits
+    /// per ternary value): what a kernel streams when it reads the whole tensor. `None` where
+    /// the host does not hold the data.
+    pub fn storage_bytes(&self) -> Option<u64> {
+        match &self.storage {
+            Storage::Host(d) => Some(d.host_bytes() as u64),
+            Storage::Device { buffer, .. } => Some(buffer.read().host_bytes() as u64),
+        }
     }
 
     /// True if both handles share one buffer (one is a clone or view of the other).
@@ -296,7 +323,11 @@ impl Tensor {
     pub fn into_device(self, device: &Device, mc: &MemoryConfig) -> Result<Tensor> {
         let op = "Tensor::into_device";
         let Storage::Host(data) = self.storage else {
-            return Err(Error::WrongStorage { op, what: "the tensor".into(), expected: "the host" });
+            return Err(Error::WrongStorage {
+                op,
+                what: "the tensor".into(),
+                expected: "the host",
+            });
         };
         device.host().ensure_not_capturing(op)?;
         let alloc = Arc::new(device.allocate(op, self.shape, self.dtype, self.layout, mc)?);
@@ -305,7 +336,11 @@ impl Tensor {
             self.shape,
             self.dtype,
             self.layout,
-            Storage::Device { device: device.clone(), buffer: Arc::new(HostBuffer::new(data, mc.clone())), alloc },
+            Storage::Device {
+                device: device.clone(),
+                buffer: Arc::new(HostBuffer::new(data, mc.clone())),
+                alloc,
+            },
         ))
     }
 

@@ -247,7 +247,7 @@ pub fn synth_model(shape: &ModelShape, out: &Path, seed: u64) -> anyhow::Result<
                         let mut b = 0u8;
                         for k in 0..4 {
                             // Codes 0, 1, 2 (t = -1, 0, +1), about a third each.
-                            b |= ((((r >> (16 * k)) & 0xffff) * 3 >> 16) as u8) << (2 * k);
+                            b |= (((((r >> (16 * k)) & 0xffff) * 3) >> 16) as u8) << (2 * k);
                         }
                         buf.push(b);
                     }

@@ -19,7 +19,11 @@ pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 #[derive(Clone)]
 pub enum Bf16Buf {
     Owned(Vec<bf16>),
-    Shared { owner: SharedBytes, offset: usize, len: usize },
+    Shared {
+        owner: SharedBytes,
+        offset: usize,
+        len: usize,
+    },
 }
 
 impl Bf16Buf {
@@ -27,7 +31,8 @@ impl Bf16Buf {
     pub fn shared(owner: SharedBytes, offset: usize, len: usize) -> Option<Self> {
         let bytes = (*owner).as_ref();
         let end = offset.checked_add(len.checked_mul(2)?)?;
-        let ok = end <= bytes.len() && (bytes.as_ptr() as usize + offset) % std::mem::align_of::<bf16>() == 0;
+        let ok = end <= bytes.len()
+            && (bytes.as_ptr() as usize + offset).is_multiple_of(std::mem::align_of::<bf16>());
         ok.then_some(Self::Shared { owner, offset, len })
     }
 
@@ -225,7 +230,13 @@ impl HostData {
         let (rows, len) = (shape.rows(), shape.last());
         Ok(match dtype {
             DataType::Float32 => Self::F32(values.to_vec()),
-            DataType::Bfloat16 => Self::Bf16(values.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>().into()),
+            DataType::Bfloat16 => Self::Bf16(
+                values
+                    .iter()
+                    .map(|&v| bf16::from_f32(v))
+                    .collect::<Vec<_>>()
+                    .into(),
+            ),
             DataType::Bfloat8B => {
                 Self::Block(BlockFloatData::encode(BlockFormat::Bfp8, values, rows, len))
             }
@@ -258,16 +269,36 @@ impl HostData {
     /// Storage for `shape` in `dtype` from little-endian bf16 bytes, converted row by row (no
     /// f32 copy of the whole tensor: a 128256 x 2560 embedding becomes a bfloat8_b lm_head
     /// without a 1.3 GB intermediate).
-    pub fn from_bf16_bytes(op: &'static str, bytes: &[u8], dtype: DataType, shape: Shape) -> Result<Self> {
+    pub fn from_bf16_bytes(
+        op: &'static str,
+        bytes: &[u8],
+        dtype: DataType,
+        shape: Shape,
+    ) -> Result<Self> {
         if bytes.len() != 2 * shape.volume() {
-            return Err(Error::arg(op, format!("{} bytes do not hold {} bf16 values", bytes.len(), shape.volume())));
+            return Err(Error::arg(
+                op,
+                format!(
+                    "{} bytes do not hold {} bf16 values",
+                    bytes.len(),
+                    shape.volume()
+                ),
+            ));
         }
         let val = |b: &[u8]| bf16::from_le_bytes([b[0], b[1]]);
         Ok(match dtype {
-            DataType::Bfloat16 => Self::Bf16(bytes.chunks_exact(2).map(val).collect::<Vec<_>>().into()),
-            DataType::Float32 => Self::F32(bytes.chunks_exact(2).map(|b| val(b).to_f32()).collect()),
+            DataType::Bfloat16 => {
+                Self::Bf16(bytes.chunks_exact(2).map(val).collect::<Vec<_>>().into())
+            }
+            DataType::Float32 => {
+                Self::F32(bytes.chunks_exact(2).map(|b| val(b).to_f32()).collect())
+            }
             DataType::Bfloat8B | DataType::Bfloat4B => {
-                let format = if dtype == DataType::Bfloat8B { BlockFormat::Bfp8 } else { BlockFormat::Bfp4 };
+                let format = if dtype == DataType::Bfloat8B {
+                    BlockFormat::Bfp8
+                } else {
+                    BlockFormat::Bfp4
+                };
                 let (rows, len) = (shape.rows(), shape.last());
                 let mut b = BlockFloatData::zeros(format, rows, len);
                 let mut row = vec![0f32; len];

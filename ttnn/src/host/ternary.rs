@@ -62,7 +62,11 @@ impl TernaryData {
             for (c, dst) in row.chunks_exact_mut(CHUNK_BYTES).enumerate() {
                 let n = (self.row_len - c * CHUNK).min(CHUNK);
                 for (i, code) in chunk.iter_mut().enumerate() {
-                    *code = if i < n { (values.next().unwrap_or(0) + 1) as u8 } else { 1 };
+                    *code = if i < n {
+                        (values.next().unwrap_or(0) + 1) as u8
+                    } else {
+                        1
+                    };
                 }
                 for (j, byte) in dst.iter_mut().enumerate() {
                     *byte = chunk[j]
