@@ -462,8 +462,16 @@ impl Element for bf16 {
     }
 }
 
+fn not_i8<T>(_: &[T]) -> Option<&[i8]> {
+    None
+}
+
 macro_rules! int_element {
     ($t:ty, $name:literal) => {
+        int_element!($t, $name, not_i8::<$t>);
+    };
+    // `$as_i8` views the values as i8 when they are (the fast ternary packing path).
+    ($t:ty, $name:literal, $as_i8:expr) => {
         impl Element for $t {
             const NAME: &'static str = $name;
             fn into_host_data(
@@ -478,7 +486,10 @@ macro_rules! int_element {
                         return Err(conv(op, $name, dtype, format!("{bad} is not -1, 0 or 1")));
                     }
                     let mut t = TernaryData::zeros(shape.rows(), shape.last());
-                    t.pack_from(v.iter().map(|&x| x as i8));
+                    match ($as_i8)(v) {
+                        Some(v8) => t.pack_slice(v8),
+                        None => t.pack_from(v.iter().map(|&x| x as i8)),
+                    }
                     return Ok(HostData::Ternary(t));
                 }
                 let ints: Vec<i64> = v.iter().map(|&x| x as i64).collect();
@@ -513,7 +524,7 @@ int_element!(u32, "u32");
 int_element!(i32, "i32");
 int_element!(u16, "u16");
 int_element!(u8, "u8");
-int_element!(i8, "i8");
+int_element!(i8, "i8", Some::<&[i8]>);
 
 #[cfg(test)]
 mod tests {
