@@ -123,47 +123,44 @@ pub(crate) fn dot_rows_scalar<const R: usize>(xs: &[&[f32]; R], w: RowRef<'_>) -
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BlockFormat, GROUP, LANES, RowRef, group_scale, reduce};
+    use super::{GROUP, LANES, RowRef, dot_rows_scalar, reduce};
 
-    /// Weights `start..start + 32` of a block-float row as four vectors of 8.
+    /// Weights `start..start + 32` of a block-float row as four vectors of 8, for groups whose
+    /// scale `2^(exp - 127 - shift)` is a normal f32 (checked by the caller): the scale is then
+    /// the bit pattern `(exp - shift) << 23`.
     ///
     /// # Safety
-    /// The CPU must support AVX2; the row holds groups `start / 16` and `start / 16 + 1`.
+    /// The CPU must support AVX2; `exps` has groups `start / 16` and `start / 16 + 1`, `mants`
+    /// their 32 mantissas.
     #[target_feature(enable = "avx2")]
     #[inline]
-    unsafe fn block32(
-        w: RowRef<'_>,
-        exps: &[u8],
-        mants: &[i8],
-        fmt: BlockFormat,
-        start: usize,
-    ) -> [__m256; 4] {
-        let g0 = start / GROUP;
-        let mut out = [_mm256_setzero_ps(); 4];
-        for h in 0..2 {
-            let g = g0 + h;
-            let e = exps[g];
-            if e == 255 {
-                let mut buf = [0f32; GROUP];
-                w.decode_into(g * GROUP, &mut buf);
-                // SAFETY: `buf` holds 16 values.
-                unsafe {
-                    out[2 * h] = _mm256_loadu_ps(buf.as_ptr());
-                    out[2 * h + 1] = _mm256_loadu_ps(buf.as_ptr().add(8));
-                }
-            } else {
-                let s = _mm256_set1_ps(group_scale(fmt, e));
-                let ms = &mants[g * GROUP..(g + 1) * GROUP];
-                // SAFETY: `ms` has exactly 16 bytes.
-                let m = unsafe { _mm_loadu_si128(ms.as_ptr().cast()) };
-                let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(m));
-                let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(m)));
-                // Exact, as the scalar `m as f32 * scale`.
-                out[2 * h] = _mm256_mul_ps(lo, s);
-                out[2 * h + 1] = _mm256_mul_ps(hi, s);
-            }
-        }
-        out
+    unsafe fn block32(exps: *const u8, mants: *const i8, shift: i32, start: usize) -> [__m256; 4] {
+        let g = start / GROUP;
+        // SAFETY: within the row (caller).
+        let (e0, e1, m0, m1) = unsafe {
+            (
+                *exps.add(g) as i32,
+                *exps.add(g + 1) as i32,
+                _mm_loadu_si128(mants.add(start).cast()),
+                _mm_loadu_si128(mants.add(start + GROUP).cast()),
+            )
+        };
+        let s0 = _mm256_castsi256_ps(_mm256_set1_epi32((e0 - shift) << 23));
+        let s1 = _mm256_castsi256_ps(_mm256_set1_epi32((e1 - shift) << 23));
+        let f = |m: __m128i| {
+            (
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(m)),
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(m))),
+            )
+        };
+        let ((a, b), (c, d)) = (f(m0), f(m1));
+        // Exact, as the scalar `m as f32 * scale`.
+        [
+            _mm256_mul_ps(a, s0),
+            _mm256_mul_ps(b, s0),
+            _mm256_mul_ps(c, s1),
+            _mm256_mul_ps(d, s1),
+        ]
     }
 
     /// The canonical order with four 8-wide accumulators per row (lane `8q + j` is
@@ -239,8 +236,21 @@ mod x86 {
                 exps,
                 mants,
             } => {
-                // SAFETY: groups start/16 and start/16 + 1 lie within start + 32 <= stored.
-                chunks!(|start| unsafe { block32(w, exps, mants, format, start) })
+                // Groups with an Inf/NaN exponent or a subnormal scale (rare: huge or tiny
+                // weights, all-zero groups) send the row to the reference loop, which gives the
+                // same bits; the vector loop then has no branch and no call.
+                let shift = format.mant_bits() as i32 - 1;
+                // min/max folds vectorize (a short-circuiting `all` does not).
+                let used = &exps[..full * LANES / GROUP];
+                let lo = used.iter().fold(u8::MAX, |a, &e| a.min(e));
+                let hi = used.iter().fold(0u8, |a, &e| a.max(e));
+                if !used.is_empty() && (lo as i32 <= shift || hi == 255) {
+                    return dot_rows_scalar(xs, w);
+                }
+                let (ep, mp) = (exps.as_ptr(), mants.as_ptr());
+                // SAFETY: groups start/16 and start/16 + 1 and their mantissas lie within
+                // start + 32 <= stored.
+                chunks!(|start| unsafe { block32(ep, mp, shift, start) })
             }
         }
         let mut lanes = [[0f32; LANES]; R];
