@@ -274,6 +274,7 @@ impl HostData {
         bytes: &[u8],
         dtype: DataType,
         shape: Shape,
+        progress: &mut dyn FnMut(usize),
     ) -> Result<Self> {
         if bytes.len() != 2 * shape.volume() {
             return Err(Error::arg(
@@ -302,12 +303,18 @@ impl HostData {
                 let (rows, len) = (shape.rows(), shape.last());
                 let mut b = BlockFloatData::zeros(format, rows, len);
                 let mut row = vec![0f32; len];
+                // Report progress about every 16 MiB of source.
+                let every = ((16 << 20) / (2 * len.max(1))).max(1);
                 for (r, src) in bytes.chunks_exact(2 * len.max(1)).enumerate().take(rows) {
                     for (d, s) in row.iter_mut().zip(src.chunks_exact(2)) {
                         *d = val(s).to_f32();
                     }
                     b.encode_row(r, &row);
+                    if (r + 1) % every == 0 {
+                        progress((r + 1) * 2 * len);
+                    }
                 }
+                progress(bytes.len());
                 Self::Block(b)
             }
             other => {
