@@ -66,6 +66,12 @@ fn ternary(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("ffn_gate", "m1"), |b| {
         b.iter(|| black_box(bitlinear(&x, &w, &args).expect("bitlinear")))
     });
+    // A weight that stays in L2 (410 KB): the kernel's compute rate, without DRAM.
+    let small = upload(&dev, &t[..640 * HIDDEN], &[640, HIDDEN], DataType::Ternary);
+    g.throughput(Throughput::BytesDecimal((640 * HIDDEN / 4) as u64));
+    g.bench_function(BenchmarkId::new("in_cache_640", "m1"), |b| {
+        b.iter(|| black_box(bitlinear(&x, &small, &args).expect("bitlinear")))
+    });
     g.finish();
     let mut g = c.benchmark_group("bitlinear_gemm_GOPs");
     g.sample_size(10);
