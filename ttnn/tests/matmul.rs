@@ -107,12 +107,17 @@ struct Dims {
 /// `act(A' @ B' + bias)` in f64, and per element the f32 error bound of the sum:
 /// `(K + 2) * 2^-24 * (sum_k |a b| + |bias|)` (Higham's gamma_K for recursive summation, plus one
 /// rounding for the bias), which covers any fixed summation order.
+///
+/// `int16_a`: the host's block-float `[N, K]` path, which quantizes each A row to int16 with
+/// step `sc = absmax_row / 32767` (half-even rounding: |error| <= sc / 2 per value, plus a few
+/// f32 ulps of the value for the scale's own rounding), adds `sum_k |b| (sc / 2 + 4 * 2^-24 |a|)`.
 fn reference(
     a: &[f32],
     b: &[f32],
     bias: Option<&[f32]>,
     acts: &[UnaryOp],
     d: Dims,
+    int16_a: bool,
 ) -> (Vec<f64>, Vec<f64>) {
     let mut want = Vec::with_capacity(d.batch * d.m * d.n);
     let mut bound = Vec::with_capacity(d.batch * d.m * d.n);
@@ -121,13 +126,18 @@ fn reference(
         let bb = if d.bcast_b { 0 } else { bi };
         for mm in 0..d.m {
             for j in 0..d.n {
-                let (mut acc, mut mag) = (0f64, 0f64);
-                for kk in 0..d.k {
-                    let av = if d.ta {
+                let (mut acc, mut mag, mut qerr) = (0f64, 0f64, 0f64);
+                let a_at = |kk: usize| {
+                    let v = if d.ta {
                         a[(bi * d.k + kk) * d.m + mm]
                     } else {
                         a[(bi * d.m + mm) * d.k + kk]
-                    } as f64;
+                    };
+                    v as f64
+                };
+                let sc = (0..d.k).fold(0f64, |x, kk| x.max(a_at(kk).abs())) / 32767.0;
+                for kk in 0..d.k {
+                    let av = a_at(kk);
                     let bv = if d.tb {
                         b[(bb * d.n + j) * d.k + kk]
                     } else {
@@ -135,6 +145,10 @@ fn reference(
                     } as f64;
                     acc += av * bv;
                     mag += (av * bv).abs();
+                    qerr += bv.abs() * (0.5 * sc + 4.0 * 2f64.powi(-24) * av.abs());
+                }
+                if int16_a {
+                    mag += qerr / u;
                 }
                 if let Some(bias) = bias {
                     acc += bias[j] as f64;
@@ -259,6 +273,7 @@ proptest! {
             bias_dec.as_deref(),
             &acts,
             d,
+            tb && matches!(w_type, DataType::Bfloat8B | DataType::Bfloat4B),
         );
         let got = out.to_vec::<f32>().expect("read");
         check(&got, &want, &bound, out_type, &format!("{d:?} kind {kind} {w_type:?}"));
@@ -312,6 +327,7 @@ fn lm_head_bfp8_transpose_b() {
         None,
         &[],
         d,
+        true,
     );
     check(
         &out.to_vec::<f32>().expect("read"),
@@ -410,7 +426,7 @@ fn rank1_b_and_matmul_transpose_a() {
         ta: false,
         tb: false,
     };
-    let (want, bound) = reference(&a, &v, None, &[], d);
+    let (want, bound) = reference(&a, &v, None, &[], d, false);
     check(
         &out.to_vec::<f32>().expect("read"),
         &want,
@@ -439,7 +455,7 @@ fn rank1_b_and_matmul_transpose_a() {
         ta: true,
         tb: false,
     };
-    let (want, bound) = reference(&a, &a, None, &[], d);
+    let (want, bound) = reference(&a, &a, None, &[], d, false);
     check(
         &out.to_vec::<f32>().expect("read"),
         &want,
@@ -514,7 +530,7 @@ fn sharded_outputs_program_config_and_fused_activation() {
     let spec = mc.shard_spec.as_ref().expect("derived shard spec");
     assert_eq!(spec.shape, [32, 64]);
     assert_eq!(spec.grid.num_cores(), 4);
-    let (want, bound) = reference(&x, &w_dec, None, &[UnaryOp::Relu, UnaryOp::Neg], d);
+    let (want, bound) = reference(&x, &w_dec, None, &[UnaryOp::Relu, UnaryOp::Neg], d, false);
     check(
         &out.to_vec::<f32>().expect("read"),
         &want,
@@ -543,7 +559,7 @@ fn sharded_outputs_program_config_and_fused_activation() {
     };
     let out = linear(&xd, &wd, &args).expect("untilize_out");
     assert_eq!(out.layout(), Layout::RowMajor);
-    let (want, bound) = reference(&x, &w_dec, None, &[UnaryOp::Relu], d);
+    let (want, bound) = reference(&x, &w_dec, None, &[UnaryOp::Relu], d, false);
     check(
         &out.to_vec::<f32>().expect("read"),
         &want,
@@ -593,7 +609,7 @@ fn bfp8_output() {
         ta: false,
         tb: false,
     };
-    let (want, _) = reference(&x, &w, None, &[], d);
+    let (want, _) = reference(&x, &w, None, &[], d, false);
     let got = out.to_vec::<f32>().expect("read");
     for (g, (gw, ww)) in got.chunks(16).zip(want.chunks(16)).enumerate() {
         let gmax = ww.iter().fold(0f64, |a, v| a.max(v.abs()));
@@ -675,6 +691,7 @@ fn trace_replay_recomputes_without_allocating() {
                 Some(&bias),
                 &[UnaryOp::Relu],
                 d,
+                tb,
             );
             let got = out.to_vec::<f32>().expect("read");
             check(

@@ -650,6 +650,9 @@ fn run(op: &'static str, a: &Tensor, b: &Tensor, args: &LinearArgs<'_>) -> Resul
         ),
         None => (None, Vec::new()),
     };
+    // Block-float B stored [N, K]: A's rows are quantized for the integer kernel.
+    let int_rows = args.transpose_b && matches!(b.dtype(), DataType::Bfloat8B | DataType::Bfloat4B);
+    let (rows, kq) = (p.batch * p.m, p.k.div_ceil(16) * 16);
     let cmd = MatmulCmd {
         a: ab.clone(),
         b: bb.clone(),
@@ -677,6 +680,8 @@ fn run(op: &'static str, a: &Tensor, b: &Tensor, args: &LinearArgs<'_>) -> Resul
         } else {
             out_len
         }),
+        sq: Vec::with_capacity(if int_rows { rows * kq } else { 0 }),
+        sqs: Vec::with_capacity(if int_rows { rows } else { 0 }),
     };
     device.host().submit(cmd)?;
     Ok(out)

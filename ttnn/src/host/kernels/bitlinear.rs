@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use super::eltwise::SendPtr;
-use super::ternary_dot::dot_codes;
+use super::ternary_dot::{dot_codes, dot_codes_weights};
 use super::{read_f32, write_f32};
 use crate::device::HostIsa;
 use crate::error::{Error, Result};
@@ -243,6 +243,27 @@ impl HostCommand for BitLinearCmd {
                 unsafe { *op.get().add(r * n + j) = dequant(acc - qsums[r], scales[r], ws, mode) };
             };
             let kernel = |range: std::ops::Range<usize>| {
+                if rows < 4 {
+                    // A GEMV (decode): weight rows in pairs, each activation vector loaded once
+                    // for both. Exact integer sums, so the same values as the path below.
+                    let mut j = range.start;
+                    while j + 2 <= range.end {
+                        let ws = [w.row(j), w.row(j + 1)];
+                        for r in 0..rows {
+                            let acc = dot_codes_weights(isa, &q[r * kp..(r + 1) * kp], &ws);
+                            put(r, j, acc[0]);
+                            put(r, j + 1, acc[1]);
+                        }
+                        j += 2;
+                    }
+                    if j < range.end {
+                        for r in 0..rows {
+                            let qr = &q[r * kp..(r + 1) * kp];
+                            put(r, j, dot_codes_weights(isa, qr, &[w.row(j)])[0]);
+                        }
+                    }
+                    return;
+                }
                 for j in range {
                     let w_row = w.row(j);
                     let mut r = 0;

@@ -10,6 +10,16 @@
 //! (`bf16` widens; a block-float value is `mantissa * 2^(exp - bias)`), so the result does not
 //! depend on the weight format beyond the decoded values.
 //!
+//! Block-float rows (bfp8_b / bfp4_b, the default lm_head) take an integer path instead: each
+//! activation row is quantized once per matmul to int16 ([`quantize_row_i16`]: `x * 32767 /
+//! absmax`, half to even), so a group of 16 weights is one `madd` of int16 pairs into eight
+//! exact int32 pair sums. The canonical order there: pair sum `j` of group `g`, converted to f32
+//! and multiplied by the group's scale, is added to lane `8 (g mod 4) + j`; the lanes reduce by
+//! [`reduce`] and the result is multiplied by the row's dequantization factor. The int16
+//! rounding (relative 2^-16 of the row's largest value) is far below the weights' own block-float
+//! rounding (2^-7 for bfp8_b). Rows with a non-finite activation, and weight rows with Inf/NaN or
+//! subnormal group scales, take the f32 path.
+//!
 //! Several activation rows share one pass over the weights (the weight row is decoded once
 //! per 32 values for all of them); each row's arithmetic is unchanged, so results are the same
 //! whatever the number of rows: batch invariance.
@@ -86,6 +96,97 @@ pub(crate) fn reduce(l: &[f32; LANES]) -> f32 {
     (s4[0] + s4[2]) + (s4[1] + s4[3])
 }
 
+/// One activation row quantized for the block-float path: int16 values padded with zeros to
+/// whole groups of 16, and the factor that turns the integer dot product back into floats.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QRow<'a> {
+    pub q: &'a [i16],
+    pub scale: f32,
+}
+
+/// Quantizes `x` into `out` (`x.len()` rounded up to a multiple of 16; the tail zeroed) as
+/// `round_half_even(x * (32767 / absmax))`; returns the dequantization factor `absmax / 32767`,
+/// or `None` when `x` holds a NaN or an infinity (the caller then uses the f32 path).
+pub(crate) fn quantize_row_i16(x: &[f32], out: &mut [i16]) -> Option<f32> {
+    let absmax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if !absmax.is_finite() || x.iter().any(|v| v.is_nan()) {
+        return None;
+    }
+    let (inv, scale) = if absmax == 0.0 {
+        (0.0, 0.0)
+    } else if absmax < f32::MIN_POSITIVE {
+        // 32767 / absmax would overflow: such rows take the f32 path.
+        return None;
+    } else {
+        (32767.0 / absmax, absmax / 32767.0)
+    };
+    for (o, &v) in out.iter_mut().zip(x) {
+        // |v * inv| <= 32767 up to one rounding; the clamp keeps that rounding in range.
+        *o = (v * inv).round_ties_even().clamp(-32767.0, 32767.0) as i16;
+    }
+    out[x.len()..].fill(0);
+    Some(scale)
+}
+
+/// Whether every group scale of the first `groups` groups is a normal f32 and no exponent is
+/// Inf/NaN (255): the integer path's condition (min/max folds, which vectorize).
+pub(crate) fn normal_groups(format: BlockFormat, exps: &[u8]) -> bool {
+    let shift = format.mant_bits() as i32 - 1;
+    let lo = exps.iter().fold(u8::MAX, |a, &e| a.min(e));
+    let hi = exps.iter().fold(0u8, |a, &e| a.max(e));
+    exps.is_empty() || (lo as i32 > shift && hi != 255)
+}
+
+/// The integer block-float dot products of `R` quantized activation rows with one block-float
+/// weight row of `groups` groups, all normal ([`normal_groups`]; see the module doc).
+#[inline]
+pub(crate) fn dot_block_rows<const R: usize>(
+    isa: HostIsa,
+    xs: &[QRow<'_>; R],
+    format: BlockFormat,
+    exps: &[u8],
+    mants: &[i8],
+    groups: usize,
+) -> [f32; R] {
+    let (exps, mants) = (&exps[..groups], &mants[..groups * GROUP]);
+    assert!(
+        xs.iter().all(|x| x.q.len() >= groups * GROUP),
+        "activation rows too short"
+    );
+    debug_assert!(normal_groups(format, exps));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2/Avx512Vnni are only selected after detecting AVX2; lengths asserted.
+        HostIsa::Avx2 | HostIsa::Avx512Vnni => unsafe {
+            x86::dot_block_rows_avx2(xs, format, exps, mants)
+        },
+        _ => dot_block_rows_scalar(xs, format, exps, mants),
+    }
+}
+
+/// The integer path's reference.
+fn dot_block_rows_scalar<const R: usize>(
+    xs: &[QRow<'_>; R],
+    format: BlockFormat,
+    exps: &[u8],
+    mants: &[i8],
+) -> [f32; R] {
+    let mut lanes = [[0f32; LANES]; R];
+    for (g, &e) in exps.iter().enumerate() {
+        let s = group_scale(format, e);
+        let m = &mants[g * GROUP..(g + 1) * GROUP];
+        for r in 0..R {
+            let x = &xs[r].q[g * GROUP..(g + 1) * GROUP];
+            for j in 0..8 {
+                let pair =
+                    m[2 * j] as i32 * x[2 * j] as i32 + m[2 * j + 1] as i32 * x[2 * j + 1] as i32;
+                lanes[r][8 * (g % 4) + j] += pair as f32 * s;
+            }
+        }
+    }
+    std::array::from_fn(|r| reduce(&lanes[r]) * xs[r].scale)
+}
+
 /// `sum_k xs[r][k] * w[k]` for each of the `R` rows (all of the same length, at most the
 /// row's), in the canonical order.
 #[inline]
@@ -123,7 +224,7 @@ pub(crate) fn dot_rows_scalar<const R: usize>(xs: &[&[f32]; R], w: RowRef<'_>) -
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{GROUP, LANES, RowRef, dot_rows_scalar, reduce};
+    use super::{BlockFormat, GROUP, LANES, QRow, RowRef, dot_rows_scalar, reduce};
 
     /// Weights `start..start + 32` of a block-float row as four vectors of 8, for groups whose
     /// scale `2^(exp - 127 - shift)` is a normal f32 (checked by the caller): the scale is then
@@ -161,6 +262,69 @@ mod x86 {
             _mm256_mul_ps(c, s1),
             _mm256_mul_ps(d, s1),
         ]
+    }
+
+    /// The integer block-float path (see the module doc), all groups normal.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `mants` has 16 values per group of `exps`, every `xs[r].q`
+    /// at least as many.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dot_block_rows_avx2<const R: usize>(
+        xs: &[QRow<'_>; R],
+        format: BlockFormat,
+        exps: &[u8],
+        mants: &[i8],
+    ) -> [f32; R] {
+        let shift = format.mant_bits() as i32 - 1;
+        let groups = exps.len();
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        let (ep, mp) = (exps.as_ptr(), mants.as_ptr());
+        let mut g = 0;
+        // One group: `$s` is its scale (a normal power of two, built from its bit pattern).
+        macro_rules! group {
+            ($slot:expr, $s:expr) => {{
+                let s: __m256 = $s;
+                // SAFETY: g < groups: mantissas g*16..g*16+16 exist (caller).
+                let m = unsafe { _mm_loadu_si128(mp.add(g * GROUP).cast()) };
+                let m16 = _mm256_cvtepi8_epi16(m);
+                for r in 0..R {
+                    // SAFETY: xs[r].q has at least groups * 16 values (caller).
+                    let x = unsafe { _mm256_loadu_si256(xs[r].q.as_ptr().add(g * GROUP).cast()) };
+                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(m16, x));
+                    acc[r][$slot] = _mm256_add_ps(acc[r][$slot], _mm256_mul_ps(p, s));
+                }
+                g += 1;
+            }};
+        }
+        macro_rules! one_scale {
+            () => {{
+                // SAFETY: g < groups (callers).
+                let e = unsafe { *ep.add(g) } as i32;
+                _mm256_castsi256_ps(_mm256_set1_epi32((e - shift) << 23))
+            }};
+        }
+        while g + 4 <= groups {
+            group!(0, one_scale!());
+            group!(1, one_scale!());
+            group!(2, one_scale!());
+            group!(3, one_scale!());
+        }
+        let mut slot = 0;
+        while g < groups {
+            group!(slot, one_scale!());
+            slot += 1;
+        }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            let mut lanes = [0f32; LANES];
+            for q in 0..4 {
+                // SAFETY: lanes has 32 values; 8q + 8 <= 32.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * q), acc[r][q]) };
+            }
+            out[r] = reduce(&lanes) * xs[r].scale;
+        }
+        out
     }
 
     /// The canonical order with four 8-wide accumulators per row (lane `8q + j` is
@@ -375,8 +539,85 @@ mod tests {
         }
     }
 
+    /// The integer block-float path: every ISA gives the reference's bits, alone or paired,
+    /// within the quantization bound of the exact sum over the decoded weights.
+    fn check_int(k: usize, seed: u64, spread: f32) {
+        let groups = k.div_ceil(GROUP);
+        let xs = [0, 1].map(|i| vals(k, seed ^ (i + 3), 1.0));
+        let mut qs = [vec![0i16; groups * GROUP], vec![0i16; groups * GROUP]];
+        let scales: Vec<f32> = xs
+            .iter()
+            .zip(qs.iter_mut())
+            .map(|(x, q)| quantize_row_i16(x, q).expect("finite"))
+            .collect();
+        let rows = [0, 1].map(|i| QRow {
+            q: &qs[i],
+            scale: scales[i],
+        });
+        let w = vals(k, seed, spread);
+        for format in [BlockFormat::Bfp8, BlockFormat::Bfp4] {
+            let b = BlockFloatData::encode(format, &w, 1, k);
+            if !normal_groups(format, &b.exps) {
+                continue;
+            }
+            let want = dot_block_rows_scalar(&rows, format, &b.exps, &b.mants);
+            let dec = b.decode();
+            for r in 0..2 {
+                let exact: f64 = xs[r]
+                    .iter()
+                    .zip(&dec)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum();
+                let absmax = xs[r].iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                let bound: f64 = dec
+                    .iter()
+                    .zip(&xs[r])
+                    .map(|(&b, &a)| {
+                        (b as f64).abs() * (0.5 * absmax / 32767.0 + 1e-6 * (a as f64).abs())
+                    })
+                    .sum();
+                assert!(
+                    (want[r] as f64 - exact).abs() <= 1.2 * bound + 1e-30,
+                    "{format:?} k={k}"
+                );
+            }
+            for isa in HostIsa::supported_list() {
+                let pair = dot_block_rows(isa, &rows, format, &b.exps, &b.mants, groups);
+                let one = dot_block_rows(isa, &[rows[1]], format, &b.exps, &b.mants, groups);
+                assert_eq!(
+                    pair.map(f32::to_bits),
+                    want.map(f32::to_bits),
+                    "{isa:?} k={k}"
+                );
+                assert_eq!(one[0].to_bits(), want[1].to_bits(), "{isa:?} k={k}");
+            }
+        }
+    }
+
+    #[test]
+    fn int_path_edge_lengths() {
+        for k in [1usize, 15, 16, 17, 48, 64, 65, 200, 2560] {
+            check_int(k, k as u64 + 1, 2.0);
+        }
+        // Non-finite or all-but-zero rows are refused (the f32 path takes them).
+        let mut q = [0i16; 16];
+        assert_eq!(quantize_row_i16(&[1.0, f32::NAN], &mut q), None);
+        assert_eq!(quantize_row_i16(&[f32::INFINITY], &mut q), None);
+        assert_eq!(quantize_row_i16(&[1e-40], &mut q), None);
+        assert_eq!(quantize_row_i16(&[0.0, -0.0], &mut q), Some(0.0));
+        assert_eq!(
+            quantize_row_i16(&[2.0, -1.0, 0.5], &mut q),
+            Some(2.0 / 32767.0)
+        );
+        assert_eq!(&q[..4], &[32767, -16384, 8192, 0]);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn int_path_every_isa_matches_the_reference(k in 1usize..1500, seed in any::<u64>(), e in -20i32..20) {
+            check_int(k, seed, 2f32.powi(e));
+        }
         #[test]
         fn every_isa_matches_the_reference(k in 0usize..1500, seed in any::<u64>(), e in -20i32..20) {
             check(k, seed, 2f32.powi(e));

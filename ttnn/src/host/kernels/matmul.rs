@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use half::bf16;
 
-use super::dense_dot::{RowRef, dot_rows};
+use super::dense_dot::{QRow, RowRef, dot_block_rows, dot_rows, normal_groups, quantize_row_i16};
 use super::eltwise::{SendPtr, apply_unary};
 use super::{read_f32, write_f32};
 use crate::error::{Error, Result};
@@ -125,6 +125,11 @@ pub(crate) struct MatmulCmd {
     pub sbias: Vec<f32>,
     /// The output in f32 before rounding (capacity reserved unless the output is f32).
     pub so: Vec<f32>,
+    /// Block-float B stored `[N, K]`: A's rows quantized to int16, padded to groups of 16, and
+    /// each row's factor (`None`: a non-finite row, which takes the f32 path). Capacity
+    /// reserved in that case.
+    pub sq: Vec<i16>,
+    pub sqs: Vec<Option<f32>>,
 }
 
 impl HostCommand for MatmulCmd {
@@ -175,9 +180,28 @@ impl HostCommand for MatmulCmd {
         let acts = &self.acts[..];
         let mut out = self.out.write();
         let len = d.batch * d.m * d.n;
+        let quant = match bview {
+            BView::Block(_) if d.transpose_b => {
+                let kq = BlockFloatData::groups_per_row(d.k) * GROUP;
+                let rows = d.batch * d.m;
+                self.sq.clear();
+                self.sq.resize(rows * kq, 0);
+                self.sqs.clear();
+                for (r, qr) in self.sq.chunks_exact_mut(kq.max(1)).enumerate().take(rows) {
+                    self.sqs
+                        .push(quantize_row_i16(&a[r * d.k..(r + 1) * d.k], qr));
+                }
+                Some(QuantA {
+                    q: &self.sq,
+                    scales: &self.sqs,
+                    kq,
+                })
+            }
+            _ => None,
+        };
         write_f32(&mut out, len, &mut self.so, |o| {
             if d.transpose_b {
-                rows_kernel(ctx, d, a, bview, bias, acts, o);
+                rows_kernel(ctx, d, a, quant, bview, bias, acts, o);
             } else {
                 bands_kernel(ctx, d, a, bview, bias, acts, o);
             }
@@ -186,11 +210,31 @@ impl HostCommand for MatmulCmd {
     }
 }
 
+/// A's rows quantized for the block-float path (see `dense_dot`).
+#[derive(Clone, Copy)]
+struct QuantA<'a> {
+    q: &'a [i16],
+    scales: &'a [Option<f32>],
+    /// Values per quantized row (K rounded up to groups of 16).
+    kq: usize,
+}
+
+impl<'a> QuantA<'a> {
+    fn row(self, r: usize) -> Option<QRow<'a>> {
+        self.scales[r].map(|scale| QRow {
+            q: &self.q[r * self.kq..(r + 1) * self.kq],
+            scale,
+        })
+    }
+}
+
 /// B stored `[N, K]`: one dot product per output element, parallel over (batch, N).
+#[allow(clippy::too_many_arguments)]
 fn rows_kernel(
     ctx: &HostCtx<'_>,
     d: MatmulDims,
     a: &[f32],
+    quant: Option<QuantA<'_>>,
     b: BView<'_>,
     bias: Option<&[f32]>,
     acts: &[UnaryOp],
@@ -217,16 +261,54 @@ fn rows_kernel(
                 // no two tasks write the same element; `o` outlives the parallel region.
                 unsafe { *out.get().add(idx) = epilogue(acc, bias_j, acts) };
             };
-            // Rows in pairs: one decode of the weight row serves both (same bits as alone).
+            // Block-float weights take the integer path for every row it accepts (finite
+            // activations, a weight row without special groups); the decision depends on that
+            // row alone, so results are batch invariant. Rows in pairs: one pass over the
+            // weight row serves both, with the same bits as alone.
+            let int_path = match (quant, b_row) {
+                (
+                    Some(qa),
+                    RowRef::Block {
+                        format,
+                        exps,
+                        mants,
+                    },
+                ) if normal_groups(format, &exps[..BlockFloatData::groups_per_row(k)]) => {
+                    Some((qa, format, exps, mants))
+                }
+                _ => None,
+            };
+            let qrow = |mm: usize| int_path.and_then(|(qa, ..)| qa.row(bi * m + mm));
+            let groups = BlockFloatData::groups_per_row(k);
             let mut mm = 0;
-            while mm + 2 <= m {
-                let v = dot_rows(ctx.isa, &[a_row(mm), a_row(mm + 1)], b_row);
-                store(mm, v[0]);
-                store(mm + 1, v[1]);
-                mm += 2;
-            }
-            if mm < m {
-                store(mm, dot_rows(ctx.isa, &[a_row(mm)], b_row)[0]);
+            while mm < m {
+                match (
+                    int_path,
+                    qrow(mm),
+                    (mm + 1 < m).then(|| qrow(mm + 1)).flatten(),
+                ) {
+                    (Some((_, format, exps, mants)), Some(x0), Some(x1)) => {
+                        let v = dot_block_rows(ctx.isa, &[x0, x1], format, exps, mants, groups);
+                        store(mm, v[0]);
+                        store(mm + 1, v[1]);
+                        mm += 2;
+                    }
+                    (Some((_, format, exps, mants)), Some(x0), None) => {
+                        let v = dot_block_rows(ctx.isa, &[x0], format, exps, mants, groups);
+                        store(mm, v[0]);
+                        mm += 1;
+                    }
+                    _ if mm + 1 < m && qrow(mm + 1).is_none() => {
+                        let v = dot_rows(ctx.isa, &[a_row(mm), a_row(mm + 1)], b_row);
+                        store(mm, v[0]);
+                        store(mm + 1, v[1]);
+                        mm += 2;
+                    }
+                    _ => {
+                        store(mm, dot_rows(ctx.isa, &[a_row(mm)], b_row)[0]);
+                        mm += 1;
+                    }
+                }
             }
         }
     };

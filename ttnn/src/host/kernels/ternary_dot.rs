@@ -25,6 +25,24 @@ pub(crate) fn dot_codes<const R: usize>(isa: HostIsa, qs: &[&[i8]; R], packed: &
     }
 }
 
+/// `sum_k code_w[k] * q[k]` for one activation row and `W` packed weight rows (a GEMV: each
+/// activation vector loaded once serves every weight row). Same results as [`dot_codes`].
+#[inline]
+pub(crate) fn dot_codes_weights<const W: usize>(
+    isa: HostIsa,
+    q: &[i8],
+    packed: &[&[u8]; W],
+) -> [i32; W] {
+    debug_assert!(packed.iter().all(|p| q.len() == p.len() * 4));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2/Avx512Vnni are only selected after detecting AVX2; lengths as above
+        // (checked in the function).
+        HostIsa::Avx2 | HostIsa::Avx512Vnni => unsafe { x86::dot_codes_weights_avx2(q, packed) },
+        _ => packed.map(|p| dot_codes_scalar(&[q], p)[0]),
+    }
+}
+
 /// The reference: unpack each byte, multiply, add.
 pub(crate) fn dot_codes_scalar<const R: usize>(qs: &[&[i8]; R], packed: &[u8]) -> [i32; R] {
     let mut acc = [0i32; R];
@@ -97,6 +115,73 @@ mod x86 {
         }
         let mut out = [0i32; R];
         for r in 0..R {
+            out[r] = hsum_epi32(acc32[r]);
+        }
+        out
+    }
+
+    /// One activation row, `W` weight rows; see [`super::dot_codes_weights`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dot_codes_weights_avx2<const W: usize>(
+        q: &[i8],
+        packed: &[&[u8]; W],
+    ) -> [i32; W] {
+        let chunks = q.len() / CHUNK;
+        assert!(
+            packed.iter().all(|p| p.len() >= chunks * CHUNK_BYTES),
+            "weight rows shorter than the activations"
+        );
+        let mask = _mm256_set1_epi8(3);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc32 = [_mm256_setzero_si256(); W];
+        let mut c = 0;
+        while c < chunks {
+            let end = (c + FLUSH).min(chunks);
+            let mut acc16 = [_mm256_setzero_si256(); W];
+            while c < end {
+                // SAFETY: c < chunks: the chunk's 128 activations are inside `q`.
+                let qv = unsafe {
+                    let b = q.as_ptr().add(c * CHUNK);
+                    [
+                        _mm256_loadu_si256(b.cast()),
+                        _mm256_loadu_si256(b.add(CHUNK_BYTES).cast()),
+                        _mm256_loadu_si256(b.add(2 * CHUNK_BYTES).cast()),
+                        _mm256_loadu_si256(b.add(3 * CHUNK_BYTES).cast()),
+                    ]
+                };
+                for r in 0..W {
+                    // SAFETY: c < chunks, so the chunk's 32 bytes are inside the row (asserted).
+                    let w = unsafe {
+                        _mm256_loadu_si256(packed[r].as_ptr().add(c * CHUNK_BYTES).cast())
+                    };
+                    let m0 = _mm256_maddubs_epi16(_mm256_and_si256(w, mask), qv[0]);
+                    let m1 = _mm256_maddubs_epi16(
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(w), mask),
+                        qv[1],
+                    );
+                    let m2 = _mm256_maddubs_epi16(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(w), mask),
+                        qv[2],
+                    );
+                    let m3 = _mm256_maddubs_epi16(
+                        _mm256_and_si256(_mm256_srli_epi16::<6>(w), mask),
+                        qv[3],
+                    );
+                    // A tree, so the loop-carried chain is one add per chunk.
+                    let s = _mm256_add_epi16(_mm256_add_epi16(m0, m1), _mm256_add_epi16(m2, m3));
+                    acc16[r] = _mm256_add_epi16(acc16[r], s);
+                }
+                c += 1;
+            }
+            for r in 0..W {
+                acc32[r] = _mm256_add_epi32(acc32[r], _mm256_madd_epi16(acc16[r], ones));
+            }
+        }
+        let mut out = [0i32; W];
+        for r in 0..W {
             out[r] = hsum_epi32(acc32[r]);
         }
         out
