@@ -2,8 +2,8 @@
 //!
 //! Unknown fields are ignored (clients send many optional ones); known fields with values this
 //! server cannot honour (`n > 1`, `logprobs`, penalties) are refused by name rather than
-//! silently ignored. `return_token_ids` is an extension (as in vLLM): it adds the prompt's and
-//! the answer's token ids to the response.
+//! silently ignored. Two extensions follow vLLM: `return_token_ids` adds the prompt's and the
+//! answer's token ids to the response, and `ignore_eos` generates past the stop ids.
 
 use bitnet_runtime::{FinishReason, Message, Role, SamplingParams};
 use serde::Deserialize;
@@ -72,6 +72,10 @@ struct Common {
     /// Extension: return token ids.
     #[serde(default)]
     return_token_ids: Option<bool>,
+    /// Extension (vLLM's): generate through end-of-turn and end-of-text ids, up to
+    /// `max_tokens` (for benchmarks and tests).
+    #[serde(default)]
+    ignore_eos: Option<bool>,
 }
 
 /// How to generate, validated.
@@ -85,6 +89,7 @@ pub struct Spec {
     pub stream: bool,
     pub include_usage: bool,
     pub return_token_ids: bool,
+    pub ignore_eos: bool,
 }
 
 /// A seed for a request that gave none: differs between requests, like OpenAI's sampling.
@@ -198,6 +203,7 @@ fn common_spec(c: Common, max_tokens: Option<u64>, salt: u64) -> Result<Spec, Ap
         stream,
         include_usage: c.stream_options.is_some_and(|o| o.include_usage),
         return_token_ids: c.return_token_ids.unwrap_or(false),
+        ignore_eos: c.ignore_eos.unwrap_or(false),
     })
 }
 

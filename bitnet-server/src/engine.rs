@@ -43,6 +43,8 @@ pub enum EngineEvent {
     Accepted,
     /// Refused as invalid (the runtime's reason).
     Rejected(String),
+    /// Refused: the generator's queue already holds `max_queue` sequences.
+    Overloaded,
     Token(u32),
     Finished(FinishReason),
     /// The sequence failed (e.g. out of KV blocks with nothing left to preempt).
@@ -73,10 +75,11 @@ impl Drop for AliveFlag {
 }
 
 /// Starts the engine thread; returns once the model is loaded and the generator is ready.
-/// `alive` turns false when the thread ends.
+/// `alive` turns false when the thread ends; at most `max_queue` sequences wait for the batch.
 pub fn spawn(
     load: Box<LoadModel>,
     gen_cfg: GeneratorConfig,
+    max_queue: usize,
     tokenizer: Arc<Tokenizer>,
     metrics: Arc<Metrics>,
     alive: Arc<AtomicBool>,
@@ -106,18 +109,21 @@ pub fn spawn(
                 stop_ids: tokenizer.stop_ids(&model.config().eos_token_ids),
                 max_batch: gen_cfg.max_batch,
             };
-            if ready_tx.send(Ok(info)).is_err() {
-                return;
-            }
-            Engine {
+            let engine = Engine {
                 generator,
                 live: HashMap::new(),
                 seq_of: HashMap::new(),
                 metrics,
+                max_queue,
                 max_batch_seen: 0,
                 cancelled: 0,
+            };
+            // /metrics shows the cache from the start.
+            engine.publish();
+            if ready_tx.send(Ok(info)).is_err() {
+                return;
             }
-            .run(cmd_rx);
+            engine.run(cmd_rx);
         })
         .map_err(|e| Error::Engine(format!("cannot spawn: {e}")))?;
     let info = ready_rx
@@ -131,6 +137,7 @@ struct Engine<'m> {
     live: HashMap<SeqId, Live>,
     seq_of: HashMap<ReqId, SeqId>,
     metrics: Arc<Metrics>,
+    max_queue: usize,
     max_batch_seen: usize,
     cancelled: u64,
 }
@@ -160,11 +167,18 @@ impl Engine<'_> {
             }
             if self.generator.has_work() {
                 match self.generator.step() {
-                    Ok(events) => self.dispatch(events),
+                    Ok(events) => {
+                        // Published before anyone hears of the step, so a client that reacts
+                        // to its tokens reads /metrics as of this step.
+                        self.max_batch_seen =
+                            self.max_batch_seen.max(self.generator.last_decode_batch());
+                        self.publish();
+                        self.dispatch(events);
+                    }
                     Err(e) => self.fail_all(&e.to_string()),
                 }
+                self.publish();
             }
-            self.publish();
         }
     }
 
@@ -174,29 +188,37 @@ impl Engine<'_> {
                 id,
                 request,
                 events,
-            } => match self.generator.add_request(request) {
-                Ok(seq) => {
-                    if events.send(EngineEvent::Accepted).is_ok() {
-                        self.live.insert(seq, Live { id, events });
-                        self.seq_of.insert(id, seq);
-                    } else {
-                        self.generator.cancel(seq);
+            } => {
+                if self.generator.num_waiting() >= self.max_queue {
+                    let _ = events.send(EngineEvent::Overloaded);
+                    return;
+                }
+                match self.generator.add_request(request) {
+                    Ok(seq) => {
+                        self.publish();
+                        if events.send(EngineEvent::Accepted).is_ok() {
+                            self.live.insert(seq, Live { id, events });
+                            self.seq_of.insert(id, seq);
+                        } else {
+                            self.generator.cancel(seq);
+                            self.publish();
+                        }
+                    }
+                    Err(e) => {
+                        let _ = events.send(EngineEvent::Rejected(e.to_string()));
                     }
                 }
-                Err(e) => {
-                    let _ = events.send(EngineEvent::Rejected(e.to_string()));
-                }
-            },
+            }
             Command::Cancel { id } => {
                 if let Some(seq) = self.seq_of.remove(&id) {
                     self.live.remove(&seq);
                     if self.generator.cancel(seq) {
                         self.cancelled += 1;
                     }
+                    self.publish();
                 }
             }
         }
-        self.publish();
     }
 
     fn forget(&mut self, seq: SeqId) {

@@ -214,25 +214,27 @@ impl Drop for Ticket {
     }
 }
 
-/// Takes a place in the queue, or refuses with 503 when it is full: more requests in flight
-/// than the batch and the queue hold, or the queue alone holding `max_queue` (sequences wait
-/// there when the decode batch is full or KV blocks are short).
+fn overloaded(state: &AppState) -> ApiError {
+    state
+        .metrics
+        .rejected_overload
+        .fetch_add(1, Ordering::Relaxed);
+    ApiError::overloaded(format!(
+        "The server is busy: the decode batch and the queue ({} requests) are full. Retry later.",
+        state.settings.max_queue
+    ))
+}
+
+/// Takes a place in flight, or refuses with 503 when the batch and the queue are full. (The
+/// engine refuses too when its queue holds `max_queue` sequences, which happens with fewer in
+/// flight when KV blocks, not batch slots, are short.)
 fn admit(state: &AppState, id: ReqId) -> Result<Ticket, ApiError> {
-    let max_queue = state.settings.max_queue;
-    let capacity = state.info.max_batch + max_queue;
-    let running = state.metrics.engine().running;
+    let capacity = state.info.max_batch + state.settings.max_queue;
     let in_flight = &state.metrics.in_flight;
     let mut cur = in_flight.load(Ordering::Relaxed);
     loop {
-        if cur >= capacity || cur.saturating_sub(running) >= max_queue {
-            state
-                .metrics
-                .rejected_overload
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::overloaded(format!(
-                "The server is busy: {cur} requests are in flight and the queue ({max_queue}) is \
-                 full. Retry later."
-            )));
+        if cur >= capacity {
+            return Err(overloaded(state));
         }
         match in_flight.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Relaxed) {
             Ok(_) => break,
@@ -282,7 +284,11 @@ async fn submit(
             .unwrap_or(max_seq - prompt_ids.len())
             .min(max_seq),
         sampling: spec.sampling,
-        stop_ids: state.info.stop_ids.clone(),
+        stop_ids: if spec.ignore_eos {
+            Vec::new()
+        } else {
+            state.info.stop_ids.clone()
+        },
     };
     state
         .engine
@@ -305,6 +311,7 @@ async fn submit(
             })
         }
         Some(EngineEvent::Rejected(reason)) => Err(ApiError::invalid_param(prompt_param, reason)),
+        Some(EngineEvent::Overloaded) => Err(overloaded(state)),
         _ => Err(ApiError::internal("the engine has stopped")),
     }
 }
@@ -378,7 +385,7 @@ fn answer(
                     yield Out::Error(error);
                     break;
                 }
-                Some(EngineEvent::Accepted | EngineEvent::Rejected(_)) => {}
+                Some(EngineEvent::Accepted | EngineEvent::Rejected(_) | EngineEvent::Overloaded) => {}
                 None => {
                     state.metrics.count_finish("error");
                     yield Out::Error("the engine has stopped".into());

@@ -110,10 +110,12 @@ impl Server {
         let alive = Arc::new(AtomicBool::new(true));
         let (engine, info) = {
             let (tok, m, gen_cfg) = (tokenizer.clone(), metrics.clone(), config.generator.clone());
-            let alive = alive.clone();
-            tokio::task::spawn_blocking(move || engine::spawn(load, gen_cfg, tok, m, alive))
-                .await
-                .map_err(|e| Error::Engine(format!("starting: {e}")))??
+            let (alive, max_queue) = (alive.clone(), config.max_queue);
+            tokio::task::spawn_blocking(move || {
+                engine::spawn(load, gen_cfg, max_queue, tok, m, alive)
+            })
+            .await
+            .map_err(|e| Error::Engine(format!("starting: {e}")))??
         };
         let state = http::AppState {
             settings: Arc::new(http::Settings {
