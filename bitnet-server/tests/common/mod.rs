@@ -16,9 +16,16 @@ use ttnn::{DataType, Device, DeviceSpec};
 /// A random checkpoint with the real vocabulary, so text prompts work with the Llama 3
 /// tokenizer (its output is noise, but deterministic).
 pub const FIXTURE: &str = "fullvocab-2b4t-format";
+/// A smaller random checkpoint (vocab 4000, so prompts are token ids): its output projection
+/// costs a 32nd of the full vocabulary's, for tests that generate many tokens.
+pub const TINY: &str = "tiny-2b4t-format";
 pub const MODEL: &str = "bitnet-test";
 
 pub fn load_model() -> Result<BitNetModel, Box<dyn std::error::Error + Send + Sync>> {
+    load_fixture(FIXTURE)
+}
+
+pub fn load_fixture(name: &str) -> Result<BitNetModel, Box<dyn std::error::Error + Send + Sync>> {
     let dev = Device::open(DeviceSpec::default().with_threads(1))?;
     let opts = ModelOptions {
         plan: PlanOptions {
@@ -29,15 +36,20 @@ pub fn load_model() -> Result<BitNetModel, Box<dyn std::error::Error + Send + Sy
         },
         max_seq_len: None,
     };
-    Ok(BitNetModel::load(&model_dir(FIXTURE), &dev, &opts)?)
+    Ok(BitNetModel::load(&model_dir(name), &dev, &opts)?)
 }
 
 pub fn tokenizer() -> Tokenizer {
     Tokenizer::from_file(test_tokenizer_path()).unwrap()
 }
 
-/// A server on 127.0.0.1, a free port, serving the fixture; `edit` changes the defaults.
+/// A server on 127.0.0.1, a free port, serving [`FIXTURE`]; `edit` changes the defaults.
 pub async fn start(edit: impl FnOnce(&mut ServerConfig)) -> Server {
+    start_fixture(FIXTURE, edit).await
+}
+
+/// A server on 127.0.0.1, a free port, serving fixture `name`.
+pub async fn start_fixture(name: &'static str, edit: impl FnOnce(&mut ServerConfig)) -> Server {
     let mut cfg = ServerConfig::new(MODEL);
     cfg.addr = "127.0.0.1:0".parse().unwrap();
     cfg.generator = GeneratorConfig {
@@ -45,7 +57,7 @@ pub async fn start(edit: impl FnOnce(&mut ServerConfig)) -> Server {
         ..Default::default()
     };
     edit(&mut cfg);
-    Server::start(cfg, tokenizer(), Box::new(load_model))
+    Server::start(cfg, tokenizer(), Box::new(move || load_fixture(name)))
         .await
         .unwrap()
 }
@@ -57,7 +69,12 @@ pub fn base(server: &Server) -> String {
 /// What `bitnet generate` produces for `prompt` (one sequence through the runtime's
 /// generator, stopping at the tokenizer's stop ids): the generated ids, stop id included.
 pub fn reference_ids(prompts: &[Vec<u32>], max_new_tokens: usize) -> Vec<Vec<u32>> {
-    let model = load_model().unwrap();
+    reference_ids_of(FIXTURE, prompts, max_new_tokens)
+}
+
+/// [`reference_ids`] on fixture `name`.
+pub fn reference_ids_of(name: &str, prompts: &[Vec<u32>], max_new_tokens: usize) -> Vec<Vec<u32>> {
+    let model = load_fixture(name).unwrap();
     let stops = tokenizer().stop_ids(&model.config().eos_token_ids);
     prompts
         .iter()
