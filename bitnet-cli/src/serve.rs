@@ -44,17 +44,12 @@ pub struct ServeArgs {
 /// The id a model is served under when `--model-name` is not given.
 fn default_model_name(spec: &str) -> String {
     let path = Path::new(spec);
-    if path.is_dir() {
-        if let Some(name) = path
-            .canonicalize()
-            .ok()
-            .as_deref()
-            .and_then(Path::file_name)
-        {
-            return name.to_string_lossy().into_owned();
-        }
-    }
-    spec.to_owned()
+    let dir_name = path
+        .is_dir()
+        .then(|| path.canonicalize().ok())
+        .flatten()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    dir_name.unwrap_or_else(|| spec.to_owned())
 }
 
 fn listen_addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {

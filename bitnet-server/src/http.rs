@@ -581,7 +581,7 @@ async fn whole(meta: Meta, out: impl Stream<Item = Out>) -> Result<Response, Api
     }
     let (reason, completion_tokens) =
         end.ok_or_else(|| ApiError::internal("the answer ended early"))?;
-    let mut choice = match meta.kind {
+    let choice = match meta.kind {
         Kind::Chat => json!({
             "index": 0,
             "message": {"role": "assistant", "content": text},
@@ -595,7 +595,7 @@ async fn whole(meta: Meta, out: impl Stream<Item = Out>) -> Result<Response, Api
             "finish_reason": reason,
         }),
     };
-    let mut v = meta.envelope(false, json!([choice.take()]));
+    let mut v = meta.envelope(false, json!([choice]));
     if meta.spec.return_token_ids {
         v["choices"][0]["token_ids"] = json!(ids);
         v["prompt_token_ids"] = json!(meta.prompt_ids);

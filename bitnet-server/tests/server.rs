@@ -284,6 +284,25 @@ async fn a_client_that_disconnects_frees_its_kv_blocks() {
     assert_eq!(metric(&m, "bitnet_running_sequences"), 0.0);
     assert_eq!(metric(&m, "bitnet_sequences_cancelled_total"), 1.0);
     assert!(metric(&m, "bitnet_completion_tokens_total") < 3000.0);
+
+    // The same for a client waiting for a whole answer: it gives up while its sequence decodes.
+    let mut whole = body.clone();
+    whole["stream"] = json!(false);
+    let waiting = {
+        let (client, url) = (client.clone(), format!("{base}/v1/chat/completions"));
+        tokio::spawn(async move { client.post(url).json(&whole).send().await })
+    };
+    wait_for_metrics(&client, &base, 20, |m| {
+        metric(m, "bitnet_kv_blocks_in_use") > 0.0
+            && metric(m, "bitnet_completion_tokens_total") > 0.0
+    })
+    .await;
+    waiting.abort();
+    let m = wait_for_metrics(&client, &base, 20, |m| {
+        metric(m, "bitnet_kv_blocks_in_use") == 0.0 && metric(m, "bitnet_requests_in_flight") == 0.0
+    })
+    .await;
+    assert_eq!(metric(&m, "bitnet_sequences_cancelled_total"), 2.0);
     // And the server goes on serving.
     let (status, v) = post(
         &client,

@@ -1,7 +1,8 @@
 //! What the server tests share: the fixture model and tokenizer, a server on a loopback port,
 //! the runtime's own answers to compare with, and small HTTP/SSE/metrics helpers.
 
-#![allow(dead_code)]
+// Helpers of tests: each test uses some of them, and a failure in them is a test failure.
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
