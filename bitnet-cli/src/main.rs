@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod run;
+mod serve;
 
 use anyhow::{Context, bail};
 use bitnet_layers::memory_plan::parse_dtype;
@@ -39,6 +40,9 @@ enum Command {
     Logits(LogitsArgs),
     /// Measure prefill and decode speed, peak memory and the share of memory bandwidth reached.
     Bench(BenchCmd),
+    /// Serve the model over HTTP with the OpenAI API (chat and text completions, streaming),
+    /// decoding concurrent requests together.
+    Serve(serve::ServeArgs),
     /// Summarise a model; with --plan, print its memory plan.
     Info(InfoArgs),
     /// Describe the devices this build can open (the host backend models a Tenstorrent chip).
@@ -59,7 +63,7 @@ enum Chip {
     P150a,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 struct DeviceOpts {
     /// Backend that runs the ops.
     #[arg(long, value_enum, default_value = "host")]
@@ -72,7 +76,7 @@ struct DeviceOpts {
     threads: Option<usize>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 struct ModelOpts {
     /// Model: a directory (config.json + safetensors weights), or a Hugging Face repo id such
     /// as microsoft/bitnet-b1.58-2B-4T (downloaded into the HF cache; HF_HUB_OFFLINE=1 or
@@ -222,14 +226,18 @@ fn model_dir(m: &ModelOpts) -> anyhow::Result<PathBuf> {
 
 fn load_model(m: &ModelOpts, max_batch: usize) -> anyhow::Result<(BitNetModel, PathBuf)> {
     let dir = model_dir(m)?;
+    let model = load_model_from(&dir, m, max_batch)?;
+    Ok((model, dir))
+}
+
+/// Opens the device and loads the model in `dir` (already resolved).
+fn load_model_from(dir: &Path, m: &ModelOpts, max_batch: usize) -> anyhow::Result<BitNetModel> {
     let device = open_device(&m.device)?;
     let opts = ModelOptions {
         plan: plan_options(m, max_batch)?,
         max_seq_len: m.max_seq_len,
     };
-    let model = BitNetModel::load(&dir, &device, &opts)
-        .with_context(|| format!("loading {}", dir.display()))?;
-    Ok((model, dir))
+    BitNetModel::load(dir, &device, &opts).with_context(|| format!("loading {}", dir.display()))
 }
 
 fn generate(a: GenerateArgs) -> anyhow::Result<()> {
@@ -385,6 +393,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 })?;
             bench::run(&model, &a.bench, load_seconds, bandwidth)
         }
+        Command::Serve(a) => serve::serve(a),
         Command::Logits(a) => logits(a),
         Command::Info(a) => info(a),
         Command::Devices => {

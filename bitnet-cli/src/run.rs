@@ -34,12 +34,30 @@ pub struct GenOpts {
     /// Report prefill/decode speed, trace captures and replays, KV blocks and device memory.
     #[arg(long)]
     pub stats: bool,
+    #[command(flatten)]
+    pub engine: EngineOpts,
+}
+
+/// Generator flags shared by `generate`, `chat` and `serve`.
+#[derive(Debug, Args)]
+pub struct EngineOpts {
     /// KV cache memory budget, MiB.
     #[arg(long, default_value_t = 1024)]
     pub kv_budget_mb: u64,
     /// Run every decode step eagerly instead of replaying captured traces.
     #[arg(long)]
     pub no_trace: bool,
+}
+
+impl EngineOpts {
+    pub fn generator_config(&self, max_batch: usize) -> GeneratorConfig {
+        GeneratorConfig {
+            max_batch,
+            kv_budget_bytes: self.kv_budget_mb << 20,
+            use_traces: !self.no_trace,
+            ..Default::default()
+        }
+    }
 }
 
 impl GenOpts {
@@ -53,12 +71,7 @@ impl GenOpts {
     }
 
     pub fn generator_config(&self, max_batch: usize) -> GeneratorConfig {
-        GeneratorConfig {
-            max_batch,
-            kv_budget_bytes: self.kv_budget_mb << 20,
-            use_traces: !self.no_trace,
-            ..Default::default()
-        }
+        self.engine.generator_config(max_batch)
     }
 }
 

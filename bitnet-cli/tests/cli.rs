@@ -432,3 +432,108 @@ fn chat_repl_streams_replies_over_turns() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches("decode").count(), 3, "{stderr}");
 }
+
+/// One HTTP/1.1 request over a fresh connection; returns the status and the body.
+fn http(addr: &str, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// Kills the child when dropped, so a failed assertion leaves no server running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_answers_openai_requests_with_the_generate_ids() {
+    use std::io::BufRead;
+    let (dir, tok) = fullvocab_with_tokenizer();
+    let child = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args([
+            "serve",
+            "--model",
+            &dir,
+            "--tokenizer",
+            &tok,
+            "--port",
+            "0",
+            "--api-key",
+            "cli-key",
+            "--model-name",
+            "tiny",
+            "--max-batch",
+            "4",
+            "--lm-head-dtype",
+            "bf16",
+            "--threads",
+            "1",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let mut child = KillOnDrop(child);
+    // "serving tiny at http://127.0.0.1:PORT/v1 ..." once it listens.
+    let stderr = child.0.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("serve exited early").expect("line");
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest.split('/').next().expect("address").to_owned();
+        }
+    };
+    let g = Golden::load(&model_dir("fullvocab-2b4t-format"));
+    let want = g.greedy("fp32");
+    let body = serde_json::json!({
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "Hey, are you conscious? Can you talk to me?"}],
+        "max_tokens": want.len(),
+        "temperature": 0,
+        "return_token_ids": true,
+    })
+    .to_string();
+    let (status, _) = http(&addr, "POST", "/v1/chat/completions", None, &body);
+    assert_eq!(status, 401);
+    let (status, text) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        Some("cli-key"),
+        &body,
+    );
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let ids: Vec<u32> = v["choices"][0]["token_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect();
+    assert_eq!(ids, want);
+    let (status, text) = http(&addr, "GET", "/health", None, "");
+    assert_eq!((status, text.contains("ok")), (200, true), "{text}");
+}

@@ -371,6 +371,8 @@ pub struct Generator<'m> {
     next_id: SeqId,
     stats: GeneratorStats,
     logits_log: HashMap<SeqId, Vec<Vec<f32>>>,
+    /// Sequences in the last decode step.
+    last_batch: usize,
 }
 
 impl std::fmt::Debug for Generator<'_> {
@@ -421,6 +423,7 @@ impl<'m> Generator<'m> {
             next_id: 0,
             stats: GeneratorStats::default(),
             logits_log: HashMap::new(),
+            last_batch: 0,
         })
     }
 
@@ -444,6 +447,17 @@ impl<'m> Generator<'m> {
 
     pub fn num_running(&self) -> usize {
         self.running.len()
+    }
+
+    /// Sequences queued but not yet admitted to the decode batch (waiting for a slot or for
+    /// KV blocks, or preempted).
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// How many sequences the last decode step decoded together (0 before the first).
+    pub fn last_decode_batch(&self) -> usize {
+        self.last_batch
     }
 
     /// The tokens of a live sequence (prompt and generated so far).
@@ -783,6 +797,7 @@ impl<'m> Generator<'m> {
         if self.running.is_empty() {
             return Ok(events);
         }
+        self.last_batch = self.running.len();
         let bucket = self.assign_slots();
         let mode = if self
             .running

@@ -220,3 +220,29 @@ pub fn test_tokenizer_path() -> PathBuf {
     );
     path
 }
+
+/// The python of the virtual environment with the official `openai` client that
+/// `cargo xtask fetch-test-data` sets up (`scripts/openai-venv.sh`): `$BITNET_TEST_OPENAI_PYTHON`,
+/// else `${BITNET_TEST_DATA:-<workspace>/.cache/test-data}/openai-venv/bin/python`. Panics with
+/// what to run when it is missing, so the test that needs it fails rather than skips.
+pub fn openai_python_path() -> PathBuf {
+    let path = match std::env::var_os("BITNET_TEST_OPENAI_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::var_os("BITNET_TEST_DATA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| fixtures_dir().join("../../.cache/test-data"))
+            .join("openai-venv/bin/python"),
+    };
+    assert!(
+        path.is_file(),
+        "the openai Python client is missing at {}: run `cargo xtask fetch-test-data` (or `cargo xtask test`, \
+         or scripts/openai-venv.sh), or set BITNET_TEST_OPENAI_PYTHON",
+        path.display()
+    );
+    path
+}
+
+/// `scripts/` of this workspace.
+pub fn scripts_dir() -> PathBuf {
+    fixtures_dir().join("../../scripts")
+}

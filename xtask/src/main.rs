@@ -22,8 +22,9 @@ struct Cli {
 enum Task {
     /// Run the checks CI runs: fmt, clippy, then `test`.
     Ci,
-    /// Fetch the test data that cannot be committed (the Llama 3 tokenizer, with pip) into
-    /// `.cache/test-data` (or $BITNET_TEST_DATA); cached, so offline after the first time.
+    /// Fetch the test data that cannot be committed (the Llama 3 tokenizer, and the `openai`
+    /// Python client in a venv, with pip) into `.cache/test-data` (or $BITNET_TEST_DATA);
+    /// cached, so offline after the first time.
     FetchTestData,
     /// Fetch the test data, then run `cargo test --workspace` with any extra arguments.
     Test {
@@ -68,9 +69,25 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `scripts/fetch-test-data.sh`; returns the tokenizer path it prints.
-fn fetch_test_data() -> anyhow::Result<PathBuf> {
-    let script = workspace_root().join("scripts/fetch-test-data.sh");
+/// What the tests need from outside the repository.
+struct TestData {
+    /// The Llama 3 `tokenizer.json`.
+    tokenizer: PathBuf,
+    /// The python of the venv with the `openai` client.
+    openai_python: PathBuf,
+}
+
+/// Runs the fetch scripts; returns the paths they print.
+fn fetch_test_data() -> anyhow::Result<TestData> {
+    Ok(TestData {
+        tokenizer: run_path_script("scripts/fetch-test-data.sh")?,
+        openai_python: run_path_script("scripts/openai-venv.sh")?,
+    })
+}
+
+/// Runs a script that prints a path as its last line of stdout; returns that path.
+fn run_path_script(relative: &str) -> anyhow::Result<PathBuf> {
+    let script = workspace_root().join(relative);
     let mut cmd = Command::new("bash");
     cmd.arg(&script)
         .current_dir(workspace_root())
@@ -106,12 +123,13 @@ fn passthrough_args(argv: &[OsString], task: &str) -> Vec<OsString> {
 }
 
 fn test(args: &[OsString]) -> anyhow::Result<()> {
-    let tokenizer = fetch_test_data()?;
+    let data = fetch_test_data()?;
     // Tell the tests exactly where the data is, whatever $BITNET_TEST_DATA said.
     run(cargo()
         .args(["test", "--workspace"])
         .args(args)
-        .env("BITNET_TEST_TOKENIZER", tokenizer))
+        .env("BITNET_TEST_TOKENIZER", data.tokenizer)
+        .env("BITNET_TEST_OPENAI_PYTHON", data.openai_python))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -135,8 +153,9 @@ fn main() -> anyhow::Result<()> {
             test(&[])
         }
         Some(Task::FetchTestData) => {
-            let path = fetch_test_data()?;
-            println!("{}", path.display());
+            let data = fetch_test_data()?;
+            println!("{}", data.tokenizer.display());
+            println!("{}", data.openai_python.display());
             Ok(())
         }
         // `args` is parsed only for `--help`; the verbatim tail keeps a leading `--`.
