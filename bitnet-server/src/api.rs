@@ -14,6 +14,8 @@ use crate::error::ApiError;
 
 /// OpenAI allows at most this many stop strings.
 const MAX_STOPS: usize = 4;
+/// Longest stop string, bytes (matching costs grow with it on every token).
+const MAX_STOP_BYTES: usize = 1024;
 
 /// Parses a body as JSON (whatever its content type: `curl -d` sends form encoding).
 pub fn parse_body(bytes: &[u8]) -> Result<Value, ApiError> {
@@ -186,6 +188,12 @@ fn common_spec(c: Common, max_tokens: Option<u64>, salt: u64) -> Result<Spec, Ap
         return Err(ApiError::invalid_param(
             "stop",
             format!("at most {MAX_STOPS} stop sequences are allowed"),
+        ));
+    }
+    if stops.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!("a stop sequence may be at most {MAX_STOP_BYTES} bytes long"),
         ));
     }
     let stream = c.stream.unwrap_or(false);
@@ -461,6 +469,10 @@ mod tests {
             (
                 json!({"model": "m", "messages": [{"role": "user"}], "temperature": "hot"}),
                 "temperature",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user"}], "stop": "x".repeat(2000)}),
+                "stop",
             ),
         ];
         for (body, param) in cases {

@@ -101,7 +101,8 @@ impl<'t> TextStream<'t> {
         self.stops
             .iter()
             .flat_map(|s| {
-                (1..s.len())
+                // Only prefixes no longer than the tail can end it.
+                (1..s.len().min(tail.len() + 1))
                     .rev()
                     .filter(|&k| s.is_char_boundary(k) && tail.ends_with(&s[..k]))
                     .take(1)

@@ -364,6 +364,62 @@ async fn a_full_queue_answers_503_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_for_kv_blocks_and_a_full_queue_refuses_more() {
+    // 8 blocks of 32 positions: a long prompt cannot start while another sequence holds any.
+    let server = start(|c| {
+        c.generator.num_blocks = Some(8);
+        c.generator.max_batch = 4;
+        c.max_queue = 1;
+    })
+    .await;
+    let base = base(&server);
+    let url = format!("{base}/v1/completions");
+    let client = reqwest::Client::new();
+    let first = json!({
+        "model": MODEL, "prompt": "Once upon a time", "max_tokens": 3000, "temperature": 0,
+        "ignore_eos": true, "stream": true,
+    });
+    let first = read_events(client.post(&url).json(&first).send().await.unwrap(), 2).await;
+    // 250 prompt tokens need all 8 blocks.
+    let long: Vec<u32> = (0..250).map(|i| 1000 + i).collect();
+    let waiting = {
+        let (client, url) = (client.clone(), url.clone());
+        let body = json!({"model": MODEL, "prompt": long, "max_tokens": 2, "temperature": 0});
+        tokio::spawn(async move { post(&client, &url, &body).await })
+    };
+    let m = wait_for_metrics(&client, &base, 20, |m| {
+        metric(m, "bitnet_queue_depth") == 1.0
+    })
+    .await;
+    // Batch slots are free; the blocks are not.
+    assert_eq!(metric(&m, "bitnet_running_sequences"), 1.0);
+    let third = client
+        .post(&url)
+        .json(&json!({"model": MODEL, "prompt": "Hi", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 503);
+    assert_eq!(third.headers()["retry-after"], "1");
+    let v: Value = third.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "server_overloaded");
+    // The first client leaves: its blocks go to the waiting request, which completes.
+    drop(first);
+    let (status, v) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], 250);
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    wait_for_metrics(&client, &base, 20, |m| {
+        metric(m, "bitnet_kv_blocks_in_use") == 0.0 && metric(m, "bitnet_requests_in_flight") == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_is_enforced_when_a_key_is_set() {
     let server = start(|c| c.api_key = Some("sekret-key".into())).await;
     let base = base(&server);
