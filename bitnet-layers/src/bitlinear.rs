@@ -66,8 +66,10 @@ impl BitLinear {
                 .iter()
                 .flat_map(|p| std::iter::repeat_n(p.scale, p.out_features))
                 .collect();
+            // A [1, N] tile row: the Tenstorrent backend multiplies it into the output as a
+            // row broadcast without re-tiling it at every call (the host reads any layout).
             Some(
-                Tensor::from_vec(s, [out_features], DataType::Float32, Layout::RowMajor)?
+                Tensor::from_vec(s, [1, out_features], DataType::Float32, Layout::Tile)?
                     .to_device(device, &DRAM_MEMORY_CONFIG)?,
             )
         } else {
@@ -103,6 +105,7 @@ impl BitLinear {
                 memory_config: Some(cfg.memory_config.clone()),
                 dtype: Some(cfg.dtype),
                 compute_kernel_config: Some(cfg.compute_kernel_config),
+                ..Default::default()
             },
         )?)
     }

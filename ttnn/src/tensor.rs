@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, IxDyn};
 
-use crate::device::Device;
+use crate::device::{BackendImpl, Device};
 use crate::error::{Error, Result};
 use crate::host::HostBuffer;
 use crate::host::data::{Element, HostData};
+use crate::tt::TtTensor;
 use crate::types::{DataType, Layout, MemoryConfig, Shape};
 
 #[derive(Clone)]
@@ -16,8 +17,26 @@ pub(crate) enum Storage {
     Host(Arc<HostData>),
     Device {
         device: Device,
-        buffer: Arc<HostBuffer>,
+        buffer: DeviceBuffer,
     },
+}
+
+/// A device tensor's storage, one variant per backend (the device's backend decides which).
+#[derive(Clone)]
+pub(crate) enum DeviceBuffer {
+    /// The host backend's buffer: contents and modelled memory reservation.
+    Host(Arc<HostBuffer>),
+    /// A tensor handle of the TT-NN shim (freed when the last clone drops).
+    Tt(Arc<TtTensor>),
+}
+
+impl DeviceBuffer {
+    fn memory_config(&self) -> &MemoryConfig {
+        match self {
+            Self::Host(b) => &b.memory_config,
+            Self::Tt(t) => &t.memory_config,
+        }
+    }
 }
 
 /// A tensor. Cloning shares the data (like a TT-NN tensor handle); a device tensor's memory
@@ -40,7 +59,7 @@ impl std::fmt::Debug for Tensor {
             Storage::Host(_) => d.field("storage", &"host"),
             Storage::Device { device, buffer } => d
                 .field("device", &device.id())
-                .field("memory_config", &buffer.memory_config),
+                .field("memory_config", buffer.memory_config()),
         };
         d.finish()
     }
@@ -154,6 +173,13 @@ impl Tensor {
         ))
     }
 
+    /// The same handle described with another dtype (a Tenstorrent handle's BFLOAT4_B holding
+    /// a Ternary tensor).
+    pub(crate) fn with_dtype(mut self, dtype: DataType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
     /// The logical shape.
     pub fn shape(&self) -> Shape {
         self.shape
@@ -176,7 +202,7 @@ impl Tensor {
     pub fn memory_config(&self) -> Option<&MemoryConfig> {
         match &self.storage {
             Storage::Host(_) => None,
-            Storage::Device { buffer, .. } => Some(&buffer.memory_config),
+            Storage::Device { buffer, .. } => Some(buffer.memory_config()),
         }
     }
 
@@ -196,14 +222,31 @@ impl Tensor {
     pub fn shares_buffer_with(&self, other: &Tensor) -> bool {
         match (&self.storage, &other.storage) {
             (Storage::Host(a), Storage::Host(b)) => Arc::ptr_eq(a, b),
-            (Storage::Device { buffer: a, .. }, Storage::Device { buffer: b, .. }) => {
-                Arc::ptr_eq(a, b)
-            }
+            (
+                Storage::Device {
+                    buffer: DeviceBuffer::Host(a),
+                    ..
+                },
+                Storage::Device {
+                    buffer: DeviceBuffer::Host(b),
+                    ..
+                },
+            ) => Arc::ptr_eq(a, b),
+            (
+                Storage::Device {
+                    buffer: DeviceBuffer::Tt(a),
+                    ..
+                },
+                Storage::Device {
+                    buffer: DeviceBuffer::Tt(b),
+                    ..
+                },
+            ) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
 
-    /// Allocates a zero-filled device tensor (an op's output).
+    /// Allocates a zero-filled device tensor (an op's output) on the host backend.
     pub(crate) fn allocate(
         device: &Device,
         op: &'static str,
@@ -220,7 +263,7 @@ impl Tensor {
             layout,
             Storage::Device {
                 device: device.clone(),
-                buffer: Arc::new(buffer),
+                buffer: DeviceBuffer::Host(Arc::new(buffer)),
             },
         ))
     }
@@ -239,18 +282,27 @@ impl Tensor {
                 });
             }
         };
-        device.host().ensure_not_capturing(op)?;
-        let allocation = device.allocate(op, self.shape, self.dtype, self.layout, mc)?;
-        let buffer = HostBuffer::new((**data).clone(), mc.clone(), allocation);
-        Ok(Self::from_parts(
-            self.shape,
-            self.dtype,
-            self.layout,
-            Storage::Device {
-                device: device.clone(),
-                buffer: Arc::new(buffer),
-            },
-        ))
+        match device.backend_impl() {
+            BackendImpl::Host(host) => {
+                host.ensure_not_capturing(op)?;
+                let allocation = device.allocate(op, self.shape, self.dtype, self.layout, mc)?;
+                let buffer = HostBuffer::new((**data).clone(), mc.clone(), allocation);
+                Ok(Self::from_parts(
+                    self.shape,
+                    self.dtype,
+                    self.layout,
+                    Storage::Device {
+                        device: device.clone(),
+                        buffer: DeviceBuffer::Host(Arc::new(buffer)),
+                    },
+                ))
+            }
+            BackendImpl::Tt(tt) => {
+                // The library checks the memory config against the tensor (TT-NN's rules).
+                tt.dev
+                    .upload(device, op, data, self.shape, self.dtype, self.layout, mc)
+            }
+        }
     }
 
     /// Reads a device tensor back (TT-NN's `cpu()` / `from_device`); a host tensor is returned as is.
@@ -258,8 +310,14 @@ impl Tensor {
         match &self.storage {
             Storage::Host(_) => Ok(self.clone()),
             Storage::Device { device, buffer } => {
-                device.host().ensure_not_capturing("Tensor::to_host")?;
-                let data = buffer.read().clone();
+                let op = "Tensor::to_host";
+                let data = match buffer {
+                    DeviceBuffer::Host(buffer) => {
+                        device.ensure_not_capturing(op)?;
+                        buffer.read().clone()
+                    }
+                    DeviceBuffer::Tt(t) => t.device().read(op, t, self.shape, self.dtype)?,
+                };
                 Ok(Self::from_parts(
                     self.shape,
                     self.dtype,
@@ -276,10 +334,15 @@ impl Tensor {
         let op = "Tensor::to_vec";
         match &self.storage {
             Storage::Host(d) => T::from_host_data(op, d),
-            Storage::Device { device, buffer } => {
-                device.host().ensure_not_capturing(op)?;
-                T::from_host_data(op, &buffer.read())
-            }
+            Storage::Device { device, buffer } => match buffer {
+                DeviceBuffer::Host(buffer) => {
+                    device.ensure_not_capturing(op)?;
+                    T::from_host_data(op, &buffer.read())
+                }
+                DeviceBuffer::Tt(t) => {
+                    T::from_host_data(op, &t.device().read(op, t, self.shape, self.dtype)?)
+                }
+            },
         }
     }
 
@@ -309,24 +372,50 @@ impl Tensor {
         ))
     }
 
-    /// A handle with another shape over the same buffer (no copy).
-    #[allow(dead_code)] // used by reshape (data_movement), which lands separately
+    /// A handle with another shape over the same buffer (no copy). Host storage only: a
+    /// Tenstorrent tensor's shape is its handle's, changed through `ttnn_c_reshape`.
     pub(crate) fn view(&self, shape: Shape) -> Tensor {
         Self::from_parts(shape, self.dtype, self.layout, self.storage.clone())
     }
 
-    /// The device and buffer of a device tensor, or an error naming `op` and `what`.
-    pub(crate) fn device_buffer(
-        &self,
-        op: &'static str,
-        what: &str,
-    ) -> Result<(&Device, &Arc<HostBuffer>)> {
+    /// The device of a device tensor, or an error naming `op` and `what`.
+    pub(crate) fn device_of(&self, op: &'static str, what: &str) -> Result<&Device> {
         match &self.storage {
-            Storage::Device { device, buffer } => Ok((device, buffer)),
+            Storage::Device { device, .. } => Ok(device),
             Storage::Host(_) => Err(Error::WrongStorage {
                 op,
                 what: what.to_string(),
                 expected: "a device",
+            }),
+        }
+    }
+
+    /// The buffer of a host-backend device tensor, or an error naming `op` and `what`.
+    pub(crate) fn host_buffer(&self, op: &'static str, what: &str) -> Result<&Arc<HostBuffer>> {
+        match &self.storage {
+            Storage::Device {
+                buffer: DeviceBuffer::Host(b),
+                ..
+            } => Ok(b),
+            _ => Err(Error::WrongStorage {
+                op,
+                what: what.to_string(),
+                expected: "a host-backend device",
+            }),
+        }
+    }
+
+    /// The handle of a Tenstorrent-backend tensor, or an error naming `op` and `what`.
+    pub(crate) fn tt_tensor(&self, op: &'static str, what: &str) -> Result<&Arc<TtTensor>> {
+        match &self.storage {
+            Storage::Device {
+                buffer: DeviceBuffer::Tt(t),
+                ..
+            } => Ok(t),
+            _ => Err(Error::WrongStorage {
+                op,
+                what: what.to_string(),
+                expected: "a Tenstorrent device",
             }),
         }
     }
@@ -347,8 +436,8 @@ pub fn copy_host_to_device(host: &Tensor, device_tensor: &mut Tensor) -> Result<
             });
         }
     };
-    let (device, buffer) = device_tensor.device_buffer(op, "the destination")?;
-    device.host().ensure_not_capturing(op)?;
+    let device = device_tensor.device_of(op, "the destination")?;
+    device.ensure_not_capturing(op)?;
     if host.shape != device_tensor.shape {
         return Err(Error::shape(
             op,
@@ -373,6 +462,15 @@ pub fn copy_host_to_device(host: &Tensor, device_tensor: &mut Tensor) -> Result<
             expected: device_tensor.layout,
         });
     }
+    let buffer = match device.backend_impl() {
+        BackendImpl::Host(_) => device_tensor.host_buffer(op, "the destination")?,
+        BackendImpl::Tt(tt) => {
+            let dst = device_tensor.tt_tensor(op, "the destination")?;
+            return tt
+                .dev
+                .write(op, src, host.shape, host.dtype, host.layout, dst);
+        }
+    };
     let mut dst = buffer.write();
     match (&mut *dst, &**src) {
         (HostData::F32(d), HostData::F32(s)) => d.copy_from_slice(s),

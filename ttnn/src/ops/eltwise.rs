@@ -1,10 +1,12 @@
 //! Elementwise ops: `add`, `multiply` (with fused input activations, which is how
 //! tt_transformers computes `relu(gate)^2 * up`), `relu`, `square`, `typecast`.
 
+use crate::device::BackendImpl;
 use crate::error::{Error, Result};
 use crate::host::kernels::eltwise::{BinaryCmd, Broadcast, TypecastCmd, UnaryCmd};
 use crate::ops::{FLOAT_TYPES, expect_dtype, on_device, on_same_device, output_memory_config};
 use crate::tensor::Tensor;
+use crate::tt::{Tt, ops as tt_ops};
 use crate::types::{DataType, Layout, MemoryConfig, Shape};
 
 /// Unary functions usable alone or fused in front of a binary op (TT-NN's `UnaryOpType`).
@@ -73,8 +75,8 @@ fn binary(
     b: &Tensor,
     args: &BinaryArgs,
 ) -> Result<Tensor> {
-    let (device, ab) = on_device(op_name, "a", a)?;
-    let bb = on_same_device(op_name, "b", device, b)?;
+    let device = on_device(op_name, "a", a)?;
+    on_same_device(op_name, "b", device, b)?;
     expect_dtype(op_name, "a", a, FLOAT_TYPES)?;
     expect_dtype(op_name, "b", b, FLOAT_TYPES)?;
     if a.layout() != b.layout() {
@@ -108,12 +110,18 @@ fn binary(
         out_shape,
         layout,
     )?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::binary(&Tt::new(tt, device), op_name, op, a, b, args);
+        }
+    };
     let out = Tensor::allocate(device, op_name, out_shape, dtype, layout, &mc)?;
     let len = out_shape.volume();
     let cmd = BinaryCmd {
-        a: ab.clone(),
-        b: bb.clone(),
-        out: out.device_buffer(op_name, "output")?.1.clone(),
+        a: a.host_buffer(op_name, "a")?.clone(),
+        b: b.host_buffer(op_name, "b")?.clone(),
+        out: out.host_buffer(op_name, "output")?.clone(),
         op,
         a_activations: args.input_tensor_a_activations.clone(),
         a_bcast: Broadcast::new(a.shape(), out_shape),
@@ -131,7 +139,7 @@ fn binary(
         }),
         so: Vec::with_capacity(if dtype == DataType::Float32 { 0 } else { len }),
     };
-    device.host().submit(cmd)?;
+    host.submit(cmd)?;
     Ok(out)
 }
 
@@ -156,7 +164,7 @@ fn unary(
     input: &Tensor,
     args: &UnaryArgs,
 ) -> Result<Tensor> {
-    let (device, ib) = on_device(op_name, "input", input)?;
+    let device = on_device(op_name, "input", input)?;
     expect_dtype(op_name, "input", input, FLOAT_TYPES)?;
     let dtype = args.dtype.unwrap_or(input.dtype());
     if !FLOAT_TYPES.contains(&dtype) {
@@ -181,11 +189,17 @@ fn unary(
         shape,
         layout,
     )?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::unary(&Tt::new(tt, device), op_name, ops, input, args);
+        }
+    };
     let out = Tensor::allocate(device, op_name, shape, dtype, layout, &mc)?;
     let len = shape.volume();
-    device.host().submit(UnaryCmd {
-        input: ib.clone(),
-        out: out.device_buffer(op_name, "output")?.1.clone(),
+    host.submit(UnaryCmd {
+        input: input.host_buffer(op_name, "input")?.clone(),
+        out: out.host_buffer(op_name, "output")?.clone(),
         ops: ops.to_vec(),
         len,
         si: Vec::with_capacity(if input.dtype() == DataType::Float32 {
@@ -221,7 +235,7 @@ pub fn typecast(
     memory_config: Option<&MemoryConfig>,
 ) -> Result<Tensor> {
     let op = "ttnn::typecast";
-    let (device, ib) = on_device(op, "input", input)?;
+    let device = on_device(op, "input", input)?;
     let layout = if dtype.requires_tile_layout() {
         Layout::Tile
     } else {
@@ -237,10 +251,16 @@ pub fn typecast(
     }
     let shape = input.shape();
     let mc = output_memory_config(op, device, memory_config, input, shape, layout)?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::typecast(&Tt::new(tt, device), op, input, dtype, memory_config);
+        }
+    };
     let out = Tensor::allocate(device, op, shape, dtype, layout, &mc)?;
-    device.host().submit(TypecastCmd {
-        input: ib.clone(),
-        out: out.device_buffer(op, "output")?.1.clone(),
+    host.submit(TypecastCmd {
+        input: input.host_buffer(op, "input")?.clone(),
+        out: out.host_buffer(op, "output")?.clone(),
         si: Vec::with_capacity(shape.volume()),
     })?;
     Ok(out)
