@@ -50,10 +50,13 @@ pub use tt::{TT_METAL_HOME_LIB_DIRS, shim_candidates};
 pub use types::*;
 
 pub use ops::creation::zeros;
-pub use ops::data_movement::{SliceArgs, copy, reshape, slice, to_memory_config, unsqueeze_to_4d};
+pub use ops::data_movement::{
+    SliceArgs, copy, reshape, reshape_padded, slice, to_layout, to_memory_config, unsqueeze_to_4d,
+};
 pub use ops::embedding::{EmbeddingArgs, EmbeddingsType, embedding};
 pub use ops::matmul::{LinearArgs, MatmulArgs, MatmulProgramConfig, linear, matmul};
 pub use ops::norm::{LayerNormProgramConfig, RmsNormArgs, rms_norm};
+pub use ops::reduction::{ReduceArgs, max};
 pub use ops::sampling::{
     ArgmaxArgs, PlusOneArgs, SamplingArgs, TopkArgs, argmax, plus_one, sampling, topk,
 };

@@ -90,6 +90,47 @@ pub fn reshape(tensor: &Tensor, shape: impl Into<Shape>) -> Result<Tensor> {
     }
 }
 
+/// [`reshape`] with an explicit padded shape (TT-NN's `ttnn.reshape(x, shape, padded_shape)`,
+/// which tt_transformers uses to keep a tile-padded view, e.g. `[1, 1, B, dim]` padded to
+/// `[1, 1, 32, dim]`). `padded_shape` needs `shape`'s rank and no dimension below it.
+///
+/// Host rule: the host derives every tensor's padding from its layout (TILE pads the last two
+/// dimensions to 32, ROW_MAJOR pads nothing), so `padded_shape` must be exactly that padding of
+/// `shape`; any other padding is an error naming the padding the host would use.
+pub fn reshape_padded(
+    tensor: &Tensor,
+    shape: impl Into<Shape>,
+    padded_shape: impl Into<Shape>,
+) -> Result<Tensor> {
+    let op = "ttnn::reshape";
+    let (shape, padded_shape) = (shape.into(), padded_shape.into());
+    if padded_shape.rank() != shape.rank()
+        || padded_shape
+            .dims()
+            .iter()
+            .zip(shape.dims())
+            .any(|(p, s)| p < s)
+    {
+        return Err(Error::shape(
+            op,
+            format!("the padded shape (rank and dims at least those of {shape})"),
+            shape.to_string(),
+            padded_shape,
+        ));
+    }
+    let derived = shape.padded(tensor.layout());
+    if padded_shape != derived {
+        return Err(Error::arg(
+            op,
+            format!(
+                "padded shape {padded_shape} is not {derived}, the {:?} padding of {shape}; the host backend derives padding from the layout and cannot store other padding",
+                tensor.layout()
+            ),
+        ));
+    }
+    reshape(tensor, shape)
+}
+
 /// Prepends 1s up to rank 4 (TT-NN's `ttnn.unsqueeze_to_4D`); a tensor of higher rank must have
 /// leading 1s to drop. A view sharing the buffer.
 pub fn unsqueeze_to_4d(tensor: &Tensor) -> Result<Tensor> {
@@ -118,6 +159,36 @@ pub fn unsqueeze_to_4d(tensor: &Tensor) -> Result<Tensor> {
         },
         Storage::Host(_) => Ok(tensor.view(shape)),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// to_layout
+
+/// The tensor in `layout` (TT-NN's `ttnn.to_layout`: tilize / untilize), on the host or on a
+/// device. Same shape and dtype; block-float and ternary tensors exist only in TILE layout.
+/// Already in `layout`: the same tensor (a handle sharing the buffer), as TT-NN returns it. On a
+/// device the result is a new buffer with the input's memory config (a sharded config gets its
+/// spec re-derived when the padded shape changes) and bit-exact values; a host tensor is
+/// converted as [`Tensor::to_layout`] does.
+pub fn to_layout(tensor: &Tensor, layout: Layout) -> Result<Tensor> {
+    let op = "ttnn::to_layout";
+    if tensor.layout() == layout {
+        return Ok(tensor.clone());
+    }
+    crate::tensor::check_tile_dtype(op, tensor.dtype(), layout)?;
+    let (device, buf) = match &tensor.storage {
+        Storage::Host(_) => return tensor.to_layout(layout),
+        Storage::Device { device, buffer } => (device, buffer),
+    };
+    let shape = tensor.shape();
+    let mc = crate::ops::output_memory_config(op, device, None, tensor, shape, layout)?;
+    let out = Tensor::allocate(device, op, shape, tensor.dtype(), layout, &mc)?;
+    device.host().submit(CopyCmd {
+        src: buf.clone(),
+        dst: out.device_buffer(op, "output")?.1.clone(),
+        scratch: conversion_scratch(tensor.dtype(), tensor.dtype(), shape.volume()),
+    })?;
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,9 +1,13 @@
 //! Elementwise ops: `add`, `multiply` (with fused input activations, which is how
-//! tt_transformers computes `relu(gate)^2 * up`), `relu`, `square`, `typecast`.
+//! tt_transformers computes `relu(gate)^2 * up`), their scalar forms (`add_scalar`, ...), the
+//! unary ops (`relu`, `square`, `neg`, `silu`, `exp`, `abs`, `reciprocal`, `round`), `clamp`,
+//! `typecast`.
 
 use crate::device::BackendImpl;
 use crate::error::{Error, Result};
-use crate::host::kernels::eltwise::{BinaryCmd, Broadcast, TypecastCmd, UnaryCmd};
+use crate::host::kernels::eltwise::{
+    BinaryCmd, BinaryScalarCmd, Broadcast, ClampCmd, TypecastCmd, UnaryCmd,
+};
 use crate::ops::{FLOAT_TYPES, expect_dtype, on_device, on_same_device, output_memory_config};
 use crate::tensor::Tensor;
 use crate::tt::{Tt, ops as tt_ops};
@@ -17,6 +21,11 @@ pub enum UnaryOp {
     Neg,
     Silu,
     Exp,
+    Abs,
+    /// `1 / x` (IEEE: `1 / 0` is infinite).
+    Reciprocal,
+    /// Round half to even to an integer value (TT-NN's `round` with `decimals = 0`).
+    Round,
 }
 
 /// Which binary op.
@@ -158,6 +167,85 @@ pub fn multiply(a: &Tensor, b: &Tensor, args: &BinaryArgs) -> Result<Tensor> {
     binary("ttnn::multiply", BinaryOpType::Multiply, a, b, args)
 }
 
+/// The output dtype and layout of an elementwise op on `input`: `dtype` (default the input's),
+/// which must be a float type; block floats force TILE.
+fn float_output(
+    op_name: &'static str,
+    input: &Tensor,
+    dtype: Option<DataType>,
+) -> Result<(DataType, Layout)> {
+    let dtype = dtype.unwrap_or(input.dtype());
+    if !FLOAT_TYPES.contains(&dtype) {
+        return Err(Error::dtype(
+            op_name,
+            "the output",
+            dtype,
+            format!("{FLOAT_TYPES:?}"),
+        ));
+    }
+    let layout = if dtype.requires_tile_layout() {
+        Layout::Tile
+    } else {
+        input.layout()
+    };
+    Ok((dtype, layout))
+}
+
+/// Scratch for decoding `dtype` storage to f32 (none needed for f32 itself).
+fn f32_scratch(dtype: DataType, len: usize) -> Vec<f32> {
+    Vec::with_capacity(if dtype == DataType::Float32 { 0 } else { len })
+}
+
+fn binary_scalar(
+    op_name: &'static str,
+    op: BinaryOpType,
+    a: &Tensor,
+    b: f32,
+    args: &BinaryArgs,
+) -> Result<Tensor> {
+    let (device, ab) = on_device(op_name, "a", a)?;
+    expect_dtype(op_name, "a", a, FLOAT_TYPES)?;
+    let (dtype, layout) = float_output(op_name, a, args.dtype)?;
+    let shape = a.shape();
+    let mc = output_memory_config(
+        op_name,
+        device,
+        args.memory_config.as_ref(),
+        a,
+        shape,
+        layout,
+    )?;
+    let out = Tensor::allocate(device, op_name, shape, dtype, layout, &mc)?;
+    let len = shape.volume();
+    device.host().submit(BinaryScalarCmd {
+        a: ab.clone(),
+        out: out.device_buffer(op_name, "output")?.1.clone(),
+        op,
+        b,
+        a_activations: args.input_tensor_a_activations.clone(),
+        len,
+        sa: f32_scratch(a.dtype(), len),
+        so: f32_scratch(dtype, len),
+    })?;
+    Ok(out)
+}
+
+/// `act(a) + b` for a scalar `b` (TT-NN's `ttnn.add(a, float)`). The host computes in f32 and
+/// rounds once to the output dtype.
+pub fn add_scalar(a: &Tensor, b: f32, args: &BinaryArgs) -> Result<Tensor> {
+    binary_scalar("ttnn::add", BinaryOpType::Add, a, b, args)
+}
+
+/// `act(a) - b` for a scalar `b` (TT-NN's `ttnn.subtract(a, float)`).
+pub fn subtract_scalar(a: &Tensor, b: f32, args: &BinaryArgs) -> Result<Tensor> {
+    binary_scalar("ttnn::subtract", BinaryOpType::Subtract, a, b, args)
+}
+
+/// `act(a) * b` for a scalar `b` (TT-NN's `ttnn.multiply(a, float)`).
+pub fn multiply_scalar(a: &Tensor, b: f32, args: &BinaryArgs) -> Result<Tensor> {
+    binary_scalar("ttnn::multiply", BinaryOpType::Multiply, a, b, args)
+}
+
 fn unary(
     op_name: &'static str,
     ops: &[UnaryOp],
@@ -220,6 +308,67 @@ pub fn relu(input: &Tensor, args: &UnaryArgs) -> Result<Tensor> {
 /// `x * x`.
 pub fn square(input: &Tensor, args: &UnaryArgs) -> Result<Tensor> {
     unary("ttnn::square", &[UnaryOp::Square], input, args)
+}
+
+/// `-x`.
+pub fn neg(input: &Tensor, args: &UnaryArgs) -> Result<Tensor> {
+    unary("ttnn::neg", &[UnaryOp::Neg], input, args)
+}
+
+/// `x * sigmoid(x)`.
+pub fn silu(input: &Tensor, args: &UnaryArgs) -> Result<Tensor> {
+    unary("ttnn::silu", &[UnaryOp::Silu], input, args)
+}
+
+/// `e^x` (TT-NN's `exp` with `fast_and_approximate_mode = false`).
+pub fn exp(input: &Tensor, args: &UnaryArgs) -> Result<Tensor> {
+    unary("ttnn::exp", &[UnaryOp::Exp], input, args)
+}
+
+/// `|x|`.
+pub fn abs(input: &Tensor, args: &UnaryArgs) -> Result<Tensor> {
+    unary("ttnn::abs", &[UnaryOp::Abs], input, args)
+}
+
+/// `1 / x`, IEEE (a zero gives an infinity of its sign).
+pub fn reciprocal(input: &Tensor, args: &UnaryArgs) -> Result<Tensor> {
+    unary("ttnn::reciprocal", &[UnaryOp::Reciprocal], input, args)
+}
+
+/// Rounds half to even to an integer value (TT-NN's `round` with `decimals = 0`), keeping the
+/// float dtype.
+pub fn round(input: &Tensor, args: &UnaryArgs) -> Result<Tensor> {
+    unary("ttnn::round", &[UnaryOp::Round], input, args)
+}
+
+/// `min(max(x, min), max)` as `torch.clamp` defines it: NaN stays NaN, and `min > max` gives
+/// `max` everywhere (TT-NN's `ttnn.clamp(input, min, max)`).
+pub fn clamp(input: &Tensor, min: f32, max: f32, args: &UnaryArgs) -> Result<Tensor> {
+    let op_name = "ttnn::clamp";
+    let (device, ib) = on_device(op_name, "input", input)?;
+    expect_dtype(op_name, "input", input, FLOAT_TYPES)?;
+    let (dtype, layout) = float_output(op_name, input, args.dtype)?;
+    let shape = input.shape();
+    let mc = output_memory_config(
+        op_name,
+        device,
+        args.memory_config.as_ref(),
+        input,
+        shape,
+        layout,
+    )?;
+    let out = Tensor::allocate(device, op_name, shape, dtype, layout, &mc)?;
+    let len = shape.volume();
+    device.host().submit(ClampCmd {
+        input: ib.clone(),
+        out: out.device_buffer(op_name, "output")?.1.clone(),
+        min,
+        max,
+        len,
+        si: f32_scratch(input.dtype(), len),
+        so: f32_scratch(dtype, len),
+    })?;
+    Ok(out)
 }
 
 /// Any chain of unary functions in one pass.

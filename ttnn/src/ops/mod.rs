@@ -13,12 +13,14 @@ pub mod embedding;
 pub mod kv_cache;
 pub mod matmul;
 pub mod norm;
+pub mod reduction;
 pub mod rotary;
 pub mod sampling;
 
 pub use eltwise::{
-    BinaryArgs, BinaryOpType, UnaryArgs, UnaryOp, add, multiply, relu, square, subtract, typecast,
-    unary_chain,
+    BinaryArgs, BinaryOpType, UnaryArgs, UnaryOp, abs, add, add_scalar, clamp, exp, multiply,
+    multiply_scalar, neg, reciprocal, relu, round, silu, square, subtract, subtract_scalar,
+    typecast, unary_chain,
 };
 
 use crate::device::Device;
