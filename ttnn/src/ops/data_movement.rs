@@ -53,7 +53,7 @@ pub fn reshape(tensor: &Tensor, shape: impl Into<Shape>) -> Result<Tensor> {
     } = &tensor.storage
         && let BackendImpl::Tt(tt) = device.backend_impl()
     {
-        return tt_ops::reshape(&Tt::new(tt, device), op, tensor, shape);
+        return tt_ops::reshape(&Tt::new(tt, device), op, tensor, shape, None);
     }
     let dtype = tensor.dtype();
     if !dtype.requires_tile_layout() || shape.last() == tensor.shape().last() {
@@ -74,7 +74,7 @@ pub fn reshape(tensor: &Tensor, shape: impl Into<Shape>) -> Result<Tensor> {
             let host = match device.backend_impl() {
                 BackendImpl::Host(host) => host,
                 BackendImpl::Tt(tt) => {
-                    return tt_ops::reshape(&Tt::new(tt, device), op, tensor, shape);
+                    return tt_ops::reshape(&Tt::new(tt, device), op, tensor, shape, None);
                 }
             };
             let mc =
@@ -96,7 +96,8 @@ pub fn reshape(tensor: &Tensor, shape: impl Into<Shape>) -> Result<Tensor> {
 ///
 /// Host rule: the host derives every tensor's padding from its layout (TILE pads the last two
 /// dimensions to 32, ROW_MAJOR pads nothing), so `padded_shape` must be exactly that padding of
-/// `shape`; any other padding is an error naming the padding the host would use.
+/// `shape`; any other padding is an error naming the padding the host would use. The
+/// Tenstorrent backend passes the padded shape to TT-NN, which stores any valid padding.
 pub fn reshape_padded(
     tensor: &Tensor,
     shape: impl Into<Shape>,
@@ -117,6 +118,25 @@ pub fn reshape_padded(
             shape.to_string(),
             padded_shape,
         ));
+    }
+    if let Storage::Device {
+        device,
+        buffer: DeviceBuffer::Tt(_),
+    } = &tensor.storage
+        && let BackendImpl::Tt(tt) = device.backend_impl()
+    {
+        if shape.volume() != tensor.shape().volume() {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "the new shape (volumes must match: the tensor has {} elements)",
+                    tensor.shape().volume()
+                ),
+                tensor.shape().to_string(),
+                shape,
+            ));
+        }
+        return tt_ops::reshape(&Tt::new(tt, device), op, tensor, shape, Some(padded_shape));
     }
     let derived = shape.padded(tensor.layout());
     if padded_shape != derived {
@@ -155,7 +175,7 @@ pub fn unsqueeze_to_4d(tensor: &Tensor) -> Result<Tensor> {
     match &tensor.storage {
         Storage::Device { device, .. } => match device.backend_impl() {
             BackendImpl::Host(_) => Ok(tensor.view(shape)),
-            BackendImpl::Tt(tt) => tt_ops::reshape(&Tt::new(tt, device), op, tensor, shape),
+            BackendImpl::Tt(tt) => tt_ops::reshape(&Tt::new(tt, device), op, tensor, shape, None),
         },
         Storage::Host(_) => Ok(tensor.view(shape)),
     }
@@ -176,16 +196,20 @@ pub fn to_layout(tensor: &Tensor, layout: Layout) -> Result<Tensor> {
         return Ok(tensor.clone());
     }
     crate::tensor::check_tile_dtype(op, tensor.dtype(), layout)?;
-    let (device, buf) = match &tensor.storage {
+    let device = match &tensor.storage {
         Storage::Host(_) => return tensor.to_layout(layout),
-        Storage::Device { device, buffer } => (device, buffer),
+        Storage::Device { device, .. } => device,
     };
     let shape = tensor.shape();
     let mc = crate::ops::output_memory_config(op, device, None, tensor, shape, layout)?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => return tt_ops::to_layout(&Tt::new(tt, device), op, tensor, layout),
+    };
     let out = Tensor::allocate(device, op, shape, tensor.dtype(), layout, &mc)?;
-    device.host().submit(CopyCmd {
-        src: buf.clone(),
-        dst: out.device_buffer(op, "output")?.1.clone(),
+    host.submit(CopyCmd {
+        src: tensor.host_buffer(op, "the tensor")?.clone(),
+        dst: out.host_buffer(op, "output")?.clone(),
         scratch: conversion_scratch(tensor.dtype(), tensor.dtype(), shape.volume()),
     })?;
     Ok(out)

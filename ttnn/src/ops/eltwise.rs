@@ -203,7 +203,7 @@ fn binary_scalar(
     b: f32,
     args: &BinaryArgs,
 ) -> Result<Tensor> {
-    let (device, ab) = on_device(op_name, "a", a)?;
+    let device = on_device(op_name, "a", a)?;
     expect_dtype(op_name, "a", a, FLOAT_TYPES)?;
     let (dtype, layout) = float_output(op_name, a, args.dtype)?;
     let shape = a.shape();
@@ -215,11 +215,17 @@ fn binary_scalar(
         shape,
         layout,
     )?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::binary_scalar(&Tt::new(tt, device), op_name, op, a, b, args);
+        }
+    };
     let out = Tensor::allocate(device, op_name, shape, dtype, layout, &mc)?;
     let len = shape.volume();
-    device.host().submit(BinaryScalarCmd {
-        a: ab.clone(),
-        out: out.device_buffer(op_name, "output")?.1.clone(),
+    host.submit(BinaryScalarCmd {
+        a: a.host_buffer(op_name, "a")?.clone(),
+        out: out.host_buffer(op_name, "output")?.clone(),
         op,
         b,
         a_activations: args.input_tensor_a_activations.clone(),
@@ -345,7 +351,7 @@ pub fn round(input: &Tensor, args: &UnaryArgs) -> Result<Tensor> {
 /// `max` everywhere (TT-NN's `ttnn.clamp(input, min, max)`).
 pub fn clamp(input: &Tensor, min: f32, max: f32, args: &UnaryArgs) -> Result<Tensor> {
     let op_name = "ttnn::clamp";
-    let (device, ib) = on_device(op_name, "input", input)?;
+    let device = on_device(op_name, "input", input)?;
     expect_dtype(op_name, "input", input, FLOAT_TYPES)?;
     let (dtype, layout) = float_output(op_name, input, args.dtype)?;
     let shape = input.shape();
@@ -357,11 +363,17 @@ pub fn clamp(input: &Tensor, min: f32, max: f32, args: &UnaryArgs) -> Result<Ten
         shape,
         layout,
     )?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::clamp(&Tt::new(tt, device), op_name, input, min, max, args);
+        }
+    };
     let out = Tensor::allocate(device, op_name, shape, dtype, layout, &mc)?;
     let len = shape.volume();
-    device.host().submit(ClampCmd {
-        input: ib.clone(),
-        out: out.device_buffer(op_name, "output")?.1.clone(),
+    host.submit(ClampCmd {
+        input: input.host_buffer(op_name, "input")?.clone(),
+        out: out.host_buffer(op_name, "output")?.clone(),
         min,
         max,
         len,

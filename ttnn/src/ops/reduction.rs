@@ -1,9 +1,11 @@
 //! Reductions: `max` over one dimension.
 
+use crate::device::BackendImpl;
 use crate::error::{Error, Result};
 use crate::host::kernels::reduction::ReduceMaxCmd;
 use crate::ops::{FLOAT_TYPES, expect_dtype, on_device, output_memory_config};
 use crate::tensor::Tensor;
+use crate::tt::{Tt, ops as tt_ops};
 use crate::types::{DataType, MemoryConfig, Shape};
 
 /// Optional arguments of [`max`] (TT-NN's keyword arguments).
@@ -24,7 +26,7 @@ pub struct ReduceArgs {
 /// rank-0 shapes).
 pub fn max(input: &Tensor, dim: i32, args: &ReduceArgs) -> Result<Tensor> {
     let op = "ttnn::max";
-    let (device, ib) = on_device(op, "input", input)?;
+    let device = on_device(op, "input", input)?;
     expect_dtype(op, "input", input, FLOAT_TYPES)?;
     let shape = input.shape();
     let rank = shape.rank();
@@ -68,12 +70,16 @@ pub fn max(input: &Tensor, dim: i32, args: &ReduceArgs) -> Result<Tensor> {
         out_shape,
         layout,
     )?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => return tt_ops::max(&Tt::new(tt, device), op, input, dim, args),
+    };
     let out = Tensor::allocate(device, op, out_shape, input.dtype(), layout, &mc)?;
     let outer: usize = shape.dims()[..d].iter().product();
     let inner: usize = shape.dims()[d + 1..].iter().product();
-    device.host().submit(ReduceMaxCmd {
-        input: ib.clone(),
-        out: out.device_buffer(op, "output")?.1.clone(),
+    host.submit(ReduceMaxCmd {
+        input: input.host_buffer(op, "input")?.clone(),
+        out: out.host_buffer(op, "output")?.clone(),
         outer,
         reduced: shape.dims()[d],
         inner,

@@ -234,6 +234,9 @@ pub(crate) fn unary(u: UnaryOp) -> u32 {
         UnaryOp::Neg => sys::TTNN_C_UNARY_NEG,
         UnaryOp::Silu => sys::TTNN_C_UNARY_SILU,
         UnaryOp::Exp => sys::TTNN_C_UNARY_EXP,
+        UnaryOp::Abs => sys::TTNN_C_UNARY_ABS,
+        UnaryOp::Reciprocal => sys::TTNN_C_UNARY_RECIPROCAL,
+        UnaryOp::Round => sys::TTNN_C_UNARY_ROUND,
     }
 }
 

@@ -96,15 +96,41 @@ impl Tt<'_> {
 // ---------------------------------------------------------------------------------------------
 // Data movement
 
-pub(crate) fn reshape(tt: &Tt<'_>, op: &'static str, t: &Tensor, shape: Shape) -> Result<Tensor> {
+/// TT-NN's reshape; `padded` is an explicit padded shape of the same rank (else derived).
+pub(crate) fn reshape(
+    tt: &Tt<'_>,
+    op: &'static str,
+    t: &Tensor,
+    shape: Shape,
+    padded: Option<Shape>,
+) -> Result<Tensor> {
     let h = tt.h(op, "the tensor", t)?;
     let (dims, rank) = convert::shape(op, shape)?;
+    let padded = padded.map(|p| convert::shape(op, p)).transpose()?;
+    let pp = padded
+        .as_ref()
+        .map_or(std::ptr::null(), |(d, _)| d.as_ptr());
     let out = tt.out1(op, |api, out| {
-        // SAFETY: a live handle of this device, `dims` with `rank` entries, no padded shape
-        // (null), an out-pointer to a local; under the dispatch lock.
-        unsafe { api.ttnn_c_reshape(h, dims.as_ptr(), rank, std::ptr::null(), out) }
+        // SAFETY: a live handle of this device, `dims` (and the padded dims when given) with
+        // `rank` entries, an out-pointer to a local; under the dispatch lock.
+        unsafe { api.ttnn_c_reshape(h, dims.as_ptr(), rank, pp, out) }
     })?;
     Ok(keep_ternary(out, t))
+}
+
+/// TT-NN's `to_layout` (tilize / untilize) of a device tensor.
+pub(crate) fn to_layout(
+    tt: &Tt<'_>,
+    op: &'static str,
+    t: &Tensor,
+    layout: Layout,
+) -> Result<Tensor> {
+    let h = tt.h(op, "the tensor", t)?;
+    let l = convert::layout(layout);
+    tt.out1(op, |api, out| {
+        // SAFETY: a live handle, a layout value, an out-pointer to a local.
+        unsafe { api.ttnn_c_tensor_to_layout(h, l, out) }
+    })
 }
 
 /// A Ternary tensor stays Ternary through shape and placement changes (the handle says
@@ -403,6 +429,85 @@ pub(crate) fn unary(
             })
         }
     }
+}
+
+pub(crate) fn binary_scalar(
+    tt: &Tt<'_>,
+    op: &'static str,
+    kind: BinaryOpType,
+    a: &Tensor,
+    b: f32,
+    args: &BinaryArgs,
+) -> Result<Tensor> {
+    let ha = tt.h(op, "a", a)?;
+    let dt = args.dtype.map(convert::dtype);
+    let c_mc = mc_opt(op, args.memory_config.as_ref())?;
+    let acts: Vec<u32> = args
+        .input_tensor_a_activations
+        .iter()
+        .map(|&u| convert::unary(u))
+        .collect();
+    let n = acts.len() as u32;
+    let kind = convert::binary(kind);
+    tt.out1(op, |api, out| {
+        // SAFETY: a live handle; `acts` holds `n` unary codes; optional values in locals or
+        // null; an out-pointer.
+        unsafe {
+            api.ttnn_c_binary_scalar(kind, ha, b, opt(&dt), opt(&c_mc), acts.as_ptr(), n, out)
+        }
+    })
+}
+
+/// `clamp(input, min, max)`; a requested other dtype is a typecast after it, as for the unary
+/// ops.
+pub(crate) fn clamp(
+    tt: &Tt<'_>,
+    op: &'static str,
+    input: &Tensor,
+    min: f32,
+    max: f32,
+    args: &UnaryArgs,
+) -> Result<Tensor> {
+    let h = tt.h(op, "input", input)?;
+    let c_mc = mc_opt(op, args.memory_config.as_ref())?;
+    match args.dtype.filter(|&d| d != input.dtype()) {
+        None => tt.out1(op, |api, out| {
+            // SAFETY: a live handle, plain values, a memory config in a local or null, an
+            // out-pointer.
+            unsafe { api.ttnn_c_clamp(h, min, max, opt(&c_mc), out) }
+        }),
+        Some(d) => {
+            let t = tt.inter(op, |api, out| {
+                // SAFETY: a live handle, plain values, no memory config, an out-pointer.
+                unsafe { api.ttnn_c_clamp(h, min, max, std::ptr::null(), out) }
+            })?;
+            let th = t.raw.as_ptr();
+            let dt = convert::dtype(d);
+            tt.out1(op, |api, out| {
+                // SAFETY: a live handle, a dtype, a memory config in a local or null, an
+                // out-pointer.
+                unsafe { api.ttnn_c_typecast(th, dt, opt(&c_mc), out) }
+            })
+        }
+    }
+}
+
+/// `max` over dimension `dim`.
+pub(crate) fn max(
+    tt: &Tt<'_>,
+    op: &'static str,
+    input: &Tensor,
+    dim: i32,
+    args: &crate::ops::reduction::ReduceArgs,
+) -> Result<Tensor> {
+    let h = tt.h(op, "input", input)?;
+    let c_mc = mc_opt(op, args.memory_config.as_ref())?;
+    let keep = u8::from(args.keepdim);
+    tt.out1(op, |api, out| {
+        // SAFETY: a live handle, plain values, a memory config in a local or null, an
+        // out-pointer.
+        unsafe { api.ttnn_c_max(h, dim, keep, opt(&c_mc), out) }
+    })
 }
 
 pub(crate) fn typecast(
