@@ -137,7 +137,7 @@ pub unsafe extern "C" fn ttnn_c_device_memory_stats(
 //
 // The C ABI names traces by `uint32_t` id and keeps them on the device; `ttnn` hands back a
 // `Trace` value. Each device handle keeps the capture in progress and a map id -> `Trace`.
-// Ids come from a process-wide counter (see `handles::next_trace_id`), as on TT.
+// Ids are `ttnn`'s, process-wide as on TT (see `handles::Traces`).
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ttnn_c_begin_trace_capture(
@@ -151,11 +151,9 @@ pub unsafe extern "C" fn ttnn_c_begin_trace_capture(
         let d = handles::device(device, "device")?;
         let cq = d.command_queue(cq_id)?;
         let mut traces = d.traces();
-        // Taken before the capture starts, as tt-metal does: a failed begin still uses an id.
-        let id = handles::next_trace_id();
-        let host_id = ttnn::begin_trace_capture(&d.device, cq)?;
-        traces.capturing = Some((id, host_id));
-        out.set(id);
+        let id = ttnn::begin_trace_capture(&d.device, cq)?;
+        traces.capturing = Some(id);
+        out.set(id.0);
         Ok(())
     })
 }
@@ -170,11 +168,12 @@ pub unsafe extern "C" fn ttnn_c_end_trace_capture(
         let d = handles::device(device, "device")?;
         let cq = d.command_queue(cq_id)?;
         let mut traces = d.traces();
-        let host_id = match traces.capturing {
-            Some((id, host_id)) if id == trace_id => host_id,
-            Some((id, _)) => {
+        let id = match traces.capturing {
+            Some(id) if id.0 == trace_id => id,
+            Some(id) => {
                 return Err(Failure::State(format!(
-                    "trace {id} is being captured, not trace {trace_id}"
+                    "trace {} is being captured, not trace {trace_id}",
+                    id.0
                 )));
             }
             None => {
@@ -183,7 +182,7 @@ pub unsafe extern "C" fn ttnn_c_end_trace_capture(
                 )));
             }
         };
-        let trace = ttnn::end_trace_capture(&d.device, host_id, cq)?;
+        let trace = ttnn::end_trace_capture(&d.device, id, cq)?;
         traces.capturing = None;
         traces.captured.insert(trace_id, SendTrace(trace));
         Ok(())
@@ -193,7 +192,7 @@ pub unsafe extern "C" fn ttnn_c_end_trace_capture(
 /// Why `trace_id` is not a captured trace of the device.
 fn not_captured(traces: &handles::Traces, trace_id: u32) -> Failure {
     match traces.capturing {
-        Some((id, _)) if id == trace_id => {
+        Some(id) if id.0 == trace_id => {
             Failure::State(format!("trace {trace_id} is still being captured"))
         }
         _ => Failure::State(format!(
@@ -265,4 +264,21 @@ pub extern "C" fn ttnn_c_host_thread_handle_balance() -> i64 {
 #[unsafe(no_mangle)]
 pub extern "C" fn ttnn_c_host_thread_bad_frees() -> u64 {
     handles::thread_bad_frees()
+}
+
+/// Runs a body that panics behind the barrier every entry point uses and returns its status
+/// (`TTNN_C_STATUS_UNKNOWN_EXCEPTION`, with the panic message in `ttnn_c_last_error`).
+/// Test-only: no input makes a real entry point panic on purpose, so this is how the tests see
+/// that a panic never unwinds into the caller.
+#[unsafe(no_mangle)]
+pub extern "C" fn ttnn_c_host_test_panic() -> c_int {
+    // The default hook would print the deliberate panic to stderr like a real one; silence it
+    // for this call (the hook is this library's own: it links its own copy of std).
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let status = guard("ttnn_c_host_test_panic", || {
+        panic!("deliberate panic (test of the barrier)")
+    });
+    std::panic::set_hook(hook);
+    status
 }

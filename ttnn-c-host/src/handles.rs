@@ -12,7 +12,7 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ttnn_sys::{ttnn_c_device, ttnn_c_tensor};
@@ -179,17 +179,6 @@ pub(crate) fn thread_bad_frees() -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Devices and traces
 
-/// Trace ids come from one process-wide counter starting at 0, as tt-metal's
-/// `MeshTrace::next_id()` issues `MeshTraceId`s (a static atomic incremented by every
-/// `begin_trace_capture`, on any device, even one that then fails): ids are unique across
-/// devices and never reused after a release.
-static NEXT_TRACE_ID: AtomicU32 = AtomicU32::new(0);
-
-/// The next trace id (`fetch_add` wraps at `u32::MAX`, as the C++ `uint32_t` counter does).
-pub(crate) fn next_trace_id() -> u32 {
-    NEXT_TRACE_ID.fetch_add(1, Ordering::Relaxed)
-}
-
 /// A captured `ttnn::Trace`, movable between threads.
 pub(crate) struct SendTrace(pub ttnn::Trace);
 
@@ -201,11 +190,16 @@ pub(crate) struct SendTrace(pub ttnn::Trace);
 // and C callers may use a device from any thread, as TT-NN's C++ API allows.
 unsafe impl Send for SendTrace {}
 
-/// Trace bookkeeping of one device: ids of the C ABI to `ttnn` traces.
+/// Trace bookkeeping of one device. The C ABI's `uint32_t` id is `ttnn`'s `TraceId`, which the
+/// host backend issues from one process-wide counter starting at 0, as tt-metal's
+/// `MeshTrace::next_id()` does: unique across devices, never reused after a release, and
+/// consumed even by a `begin_trace_capture` that fails.
 #[derive(Default)]
 pub(crate) struct Traces {
-    /// The capture in progress: its C id and `ttnn`'s id for it.
-    pub capturing: Option<(u32, ttnn::TraceId)>,
+    /// The capture in progress.
+    pub capturing: Option<ttnn::TraceId>,
+    /// Captured traces by id (`ttnn` hands traces back by value; the C ABI keeps them on the
+    /// device).
     pub captured: HashMap<u32, SendTrace>,
 }
 

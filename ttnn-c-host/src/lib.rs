@@ -25,7 +25,8 @@
 //! - **Devices**: only device 0 exists (one modelled Wormhole n150); 1 or 2 command queues.
 //!
 //! Test-only extensions, not in the header (load them by name): `ttnn_c_host_live_handles`,
-//! `ttnn_c_host_thread_handle_balance`, `ttnn_c_host_thread_bad_frees` (see `device.rs`).
+//! `ttnn_c_host_thread_handle_balance`, `ttnn_c_host_thread_bad_frees`, `ttnn_c_host_test_panic`
+//! (see `device.rs`).
 //!
 //! # Safety
 //!

@@ -9,6 +9,9 @@
 //! (see `bitlinear_lowering_matches_host_within_ulps`). Every test ends with the provider's
 //! live-handle count back to zero and no double frees.
 
+/// Helpers for this file, which drives the provider through `ttnn`'s Tenstorrent backend
+/// (`common/` drives the C ABI directly).
+#[path = "tt_common/mod.rs"]
 mod common;
 
 use common::{
