@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod bench;
 mod run;
 
 use anyhow::{Context, bail};
@@ -36,6 +37,8 @@ enum Command {
     Chat(ChatArgs),
     /// Write the logits of one prefill to a safetensors file (tensor `logits`, float32).
     Logits(LogitsArgs),
+    /// Measure prefill and decode speed, peak memory and the share of memory bandwidth reached.
+    Bench(BenchCmd),
     /// Summarise a model; with --plan, print its memory plan.
     Info(InfoArgs),
     /// Describe the devices this build can open (the host backend models a Tenstorrent chip).
@@ -152,6 +155,14 @@ struct LogitsArgs {
     /// Output file.
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct BenchCmd {
+    #[command(flatten)]
+    model: ModelOpts,
+    #[command(flatten)]
+    bench: bench::BenchArgs,
 }
 
 #[derive(Debug, Args)]
@@ -366,6 +377,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(a) => generate(a),
         Command::Chat(a) => chat(a),
+        Command::Bench(a) => {
+            let threads = a.model.device.threads.unwrap_or_else(ttnn::physical_cores);
+            let (model, load_seconds, bandwidth) =
+                bench::measure_then_load(threads, a.bench.bandwidth_mib, || {
+                    Ok(load_model(&a.model, 1)?.0)
+                })?;
+            bench::run(&model, &a.bench, load_seconds, bandwidth)
+        }
         Command::Logits(a) => logits(a),
         Command::Info(a) => info(a),
         Command::Devices => {

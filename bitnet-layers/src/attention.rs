@@ -95,6 +95,13 @@ impl Attention {
         })
     }
 
+    /// Bytes of weights one forward pass streams.
+    pub fn weight_bytes(&self) -> u64 {
+        self.qkv_proj.weight_bytes()
+            + self.o_proj.weight_bytes()
+            + self.attn_sub_norm.weight_bytes()
+    }
+
     fn heads_out(&self, attn: &Tensor, plan: &MemoryPlan, step: Step) -> Result<Tensor> {
         let x = self
             .attn_sub_norm

@@ -70,7 +70,7 @@ impl BitLinear {
             // row broadcast without re-tiling it at every call (the host reads any layout).
             Some(
                 Tensor::from_vec(s, [1, out_features], DataType::Float32, Layout::Tile)?
-                    .to_device(device, &DRAM_MEMORY_CONFIG)?,
+                    .into_device(device, &DRAM_MEMORY_CONFIG)?,
             )
         } else {
             None
@@ -83,6 +83,16 @@ impl BitLinear {
             in_features,
             out_features,
         })
+    }
+
+    /// Bytes of weights (and scales) one forward pass streams.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight.storage_bytes().unwrap_or(0)
+            + self
+                .scales
+                .as_ref()
+                .and_then(Tensor::storage_bytes)
+                .unwrap_or(0)
     }
 
     pub fn in_features(&self) -> usize {

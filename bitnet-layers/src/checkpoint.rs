@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
+use std::sync::Arc;
+
+use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::tensor::TensorInfo;
 use safetensors::{Dtype, SafeTensors};
 
@@ -14,7 +16,8 @@ use crate::error::{Error, Result};
 
 struct MappedFile {
     path: PathBuf,
-    mmap: Mmap,
+    /// Shared so that tensors can borrow from it without a copy (see `Checkpoint::shared`).
+    mmap: Arc<Mmap>,
     /// Start of the data section (8-byte length + JSON header).
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,
@@ -63,6 +66,7 @@ fn map_file(path: &Path) -> Result<MappedFile> {
     for (name, info) in meta.tensors() {
         tensors.insert(name.clone(), info.clone());
     }
+    let mmap = Arc::new(mmap);
     Ok(MappedFile {
         path: path.to_path_buf(),
         data_start: 8 + header_len,
@@ -163,6 +167,41 @@ impl Checkpoint {
             shape: &info.shape,
             data: &f.mmap[f.data_start + start..f.data_start + end],
         })
+    }
+
+    /// The mapping holding `name` and the tensor's byte offset in it: for tensors that borrow
+    /// checkpoint bytes instead of copying them.
+    pub fn shared(&self, name: &str) -> Result<(ttnn::SharedBytes, usize)> {
+        let &fi = self.index.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            location: self.dir.display().to_string(),
+        })?;
+        let f = &self.files[fi];
+        let owner: ttnn::SharedBytes = f.mmap.clone();
+        Ok((owner, f.data_start + f.tensors[name].data_offsets.0))
+    }
+
+    /// Drops `name`'s pages from this process's resident memory once it has been converted:
+    /// the mapping stays valid (a later read faults the pages back in from the page cache), but
+    /// loading a model no longer holds every checkpoint byte resident at once.
+    pub fn release(&self, name: &str) {
+        let Some(&fi) = self.index.get(name) else {
+            return;
+        };
+        let f = &self.files[fi];
+        let (start, end) = f.tensors[name].data_offsets;
+        let page = 4096;
+        let from = (f.data_start + start).div_ceil(page) * page;
+        let to = (f.data_start + end) / page * page;
+        if to > from {
+            // SAFETY: the mapping is a read-only file mapping; MADV_DONTNEED only drops
+            // its resident pages, which are re-read from the file on the next access, so no
+            // data visible through `self` changes. A failure just leaves the pages resident.
+            let _ = unsafe {
+                f.mmap
+                    .unchecked_advise_range(UncheckedAdvice::DontNeed, from, to - from)
+            };
+        }
     }
 
     /// `name`, which must have `shape`, as f32 values (bf16/f16/f32 convert exactly).

@@ -56,6 +56,14 @@ impl DecoderLayer {
         })
     }
 
+    /// Bytes of weights one forward pass streams.
+    pub fn weight_bytes(&self) -> u64 {
+        self.input_layernorm.weight_bytes()
+            + self.self_attn.weight_bytes()
+            + self.post_attention_layernorm.weight_bytes()
+            + self.mlp.weight_bytes()
+    }
+
     fn mlp_block(&self, x: Tensor, plan: &MemoryPlan, step: Step) -> Result<Tensor> {
         let h = self
             .post_attention_layernorm

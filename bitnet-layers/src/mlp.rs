@@ -37,6 +37,14 @@ impl Mlp {
         })
     }
 
+    /// Bytes of weights one forward pass streams.
+    pub fn weight_bytes(&self) -> u64 {
+        self.gate_proj.weight_bytes()
+            + self.up_proj.weight_bytes()
+            + self.ffn_sub_norm.weight_bytes()
+            + self.down_proj.weight_bytes()
+    }
+
     /// `x` is the post-attention-normed residual stream; placements from `step`'s plan.
     pub fn forward(&self, x: &Tensor, plan: &MemoryPlan, step: Step) -> Result<Tensor> {
         let gate = self.gate_proj.forward(x, plan.op_in(step, PlanOp::Gate))?;

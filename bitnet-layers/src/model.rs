@@ -71,7 +71,9 @@ pub struct BitNetModel {
     rope: RotarySetup,
 }
 
-/// A float checkpoint tensor as a host tensor of `dtype` (bf16 straight from bf16 bytes).
+/// A float checkpoint tensor as a host tensor of `dtype`: bf16 checkpoint bytes convert row
+/// by row (no f32 copy of the whole tensor); a bf16 table kept as bf16 row-major borrows the
+/// mapped checkpoint without a copy when it is aligned.
 fn float_tensor(
     ckpt: &Checkpoint,
     name: &str,
@@ -81,13 +83,14 @@ fn float_tensor(
 ) -> Result<Tensor> {
     let t = ckpt.get(name)?;
     check_shape(name, t.shape, shape)?;
-    if t.dtype == Dtype::BF16 && dtype == DataType::Bfloat16 {
-        let v: Vec<half::bf16> = t
-            .data
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]))
-            .collect();
-        return Ok(Tensor::from_vec(v, shape, dtype, layout)?);
+    if t.dtype == Dtype::BF16 {
+        if dtype == DataType::Bfloat16 && layout == Layout::RowMajor {
+            let (owner, offset) = ckpt.shared(name)?;
+            if let Ok(shared) = Tensor::from_shared_bf16(owner, offset, shape, layout) {
+                return Ok(shared);
+            }
+        }
+        return Ok(Tensor::from_bf16_bytes(t.data, shape, dtype, layout)?);
     }
     Ok(Tensor::from_vec(to_f32(name, &t)?, shape, dtype, layout)?)
 }
@@ -127,7 +130,7 @@ impl BitNetModel {
             DataType::Float32
         };
         let embed_tokens = float_tensor(ckpt, emb_name, &[v, h], emb_dtype, Layout::RowMajor)?
-            .to_device(device, &DRAM_MEMORY_CONFIG)?;
+            .into_device(device, &DRAM_MEMORY_CONFIG)?;
         // Tied (2B-4T): the output projection is the embedding; HF saves no lm_head.weight.
         let head_name = if cfg.tie_word_embeddings {
             emb_name
@@ -142,7 +145,10 @@ impl BitNetModel {
         // Stored [V, H] and used with transpose_b: block-float groups run along H, the
         // reduction dimension, and each row is one vocabulary entry.
         let lm_head = float_tensor(ckpt, head_name, &[v, h], plan.weights.lm_head, Layout::Tile)?
-            .to_device(device, &DRAM_MEMORY_CONFIG)?;
+            .into_device(device, &DRAM_MEMORY_CONFIG)?;
+        // Converted: its source pages need not stay resident (embedding rows fault back in
+        // one at a time when looked up).
+        ckpt.release(head_name);
         let root = Weights::root(ckpt);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -184,6 +190,17 @@ impl BitNetModel {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Weight bytes one decode step streams from memory: every layer, the final norm and the
+    /// lm_head (the embedding is a lookup of one row per token, not counted).
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(DecoderLayer::weight_bytes)
+            .sum::<u64>()
+            + self.norm.weight_bytes()
+            + self.lm_head.storage_bytes().unwrap_or(0)
     }
 
     /// Longest sequence the RoPE tables cover.

@@ -28,13 +28,18 @@ impl RmsNorm {
         };
         let weight =
             Tensor::from_slice(gain, shape.as_slice(), DataType::Float32, Layout::RowMajor)?
-                .to_device(device, &DRAM_MEMORY_CONFIG)?;
+                .into_device(device, &DRAM_MEMORY_CONFIG)?;
         Ok(Self { weight, eps, dim })
     }
 
     /// Loads `<prefix>.weight` of shape `[dim]`.
     pub fn load(w: &Weights<'_>, device: &Device, dim: usize, eps: f32) -> Result<Self> {
         Self::new(device, &w.f32_values("weight", &[dim])?, eps)
+    }
+
+    /// Bytes of the gain.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight.storage_bytes().unwrap_or(0)
     }
 
     pub fn dim(&self) -> usize {

@@ -42,12 +42,15 @@ impl TernaryWeight {
         in_features: usize,
         cfg: &BitNetConfig,
     ) -> Result<Self> {
-        match cfg.quantization_mode {
+        let t = match cfg.quantization_mode {
             QuantizationMode::Offline => {
                 Self::load_packed(w, out_features, in_features, cfg.linear_class)
             }
             QuantizationMode::Online => Self::load_latent(w, out_features, in_features),
-        }
+        }?;
+        // Converted: the checkpoint bytes need not stay resident.
+        w.ckpt.release(&w.name("weight"));
+        Ok(t)
     }
 
     fn load_packed(w: &Weights<'_>, out: usize, inp: usize, class: LinearClass) -> Result<Self> {

@@ -84,6 +84,75 @@ impl ChipSpec {
     }
 }
 
+/// Instruction sets the host backend's kernels can use, best last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HostIsa {
+    /// Portable Rust (the reference every SIMD path is tested against).
+    Scalar,
+    /// x86-64 AVX2 (256-bit integer SIMD, `maddubs`).
+    Avx2,
+    /// x86-64 AVX-512 F/BW with VNNI (`vpdpbusd`).
+    Avx512Vnni,
+}
+
+impl HostIsa {
+    /// Whether this CPU can run the path.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Self::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("avx2")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The best path this CPU supports.
+    pub fn detect() -> Self {
+        [Self::Avx512Vnni, Self::Avx2]
+            .into_iter()
+            .find(|i| i.is_supported())
+            .unwrap_or(Self::Scalar)
+    }
+
+    /// Every path this CPU supports (for tests that compare them).
+    pub fn supported_list() -> Vec<Self> {
+        [Self::Scalar, Self::Avx2, Self::Avx512Vnni]
+            .into_iter()
+            .filter(|i| i.is_supported())
+            .collect()
+    }
+
+    /// `BITNET_HOST_ISA` (`scalar`, `avx2`, `avx512vnni`), read when a `DeviceSpec` is made:
+    /// how a user or a test forces a path.
+    pub fn from_env() -> Option<Self> {
+        std::env::var("BITNET_HOST_ISA")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl std::str::FromStr for HostIsa {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "scalar" => Ok(Self::Scalar),
+            "avx2" => Ok(Self::Avx2),
+            "avx512vnni" | "avx512" => Ok(Self::Avx512Vnni),
+            other => Err(format!(
+                "unknown host ISA {other:?} (scalar, avx2, avx512vnni)"
+            )),
+        }
+    }
+}
+
 /// Which backend runs a device's ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum BackendKind {
@@ -116,6 +185,9 @@ pub struct DeviceSpec {
     pub trace_region_size: u64,
     /// Host backend: worker threads (including the caller). `None`: one per physical core.
     pub num_threads: Option<usize>,
+    /// Host backend: the kernel instruction set. `None`: the best this CPU supports.
+    /// `DeviceSpec::default()` takes it from `BITNET_HOST_ISA` when set.
+    pub host_isa: Option<HostIsa>,
     /// Tenstorrent backend: the TT-NN shim library to load. `None` searches, in order:
     /// `$TTNN_C_LIB`; `libttnn_c.so` (or `.so.1`) next to the running executable, then in its
     /// parent directory (where `cargo build -p ttnn-sys` puts it for test binaries in
@@ -137,6 +209,7 @@ impl Default for DeviceSpec {
             l1_small_size: 0,
             trace_region_size: 30_000_000,
             num_threads: None,
+            host_isa: HostIsa::from_env(),
             ttnn_lib: None,
             device_id: 0,
         }
@@ -324,6 +397,15 @@ impl Device {
         }
     }
 
+    /// The instruction set the host backend's kernels use (`None` on the Tenstorrent backend,
+    /// whose kernels run on the chip).
+    pub fn host_isa(&self) -> Option<HostIsa> {
+        match &self.inner.backend {
+            BackendImpl::Host(h) => Some(h.isa),
+            BackendImpl::Tt(_) => None,
+        }
+    }
+
     /// Worker threads the host backend runs kernels on (0 on the Tenstorrent backend, whose
     /// kernels run on the chip).
     pub fn num_threads(&self) -> usize {
@@ -493,6 +575,12 @@ impl BufferPlan {
 
 fn align(v: u64, a: u64) -> u64 {
     v.div_ceil(a.max(1)) * a.max(1)
+}
+
+/// Bytes of a TT buffer holding a tensor of `shape`/`dtype`/`layout` (all its pages).
+pub(crate) fn buffer_bytes(shape: Shape, dtype: DataType, layout: Layout) -> u64 {
+    let (page, n) = pages(shape, dtype, layout);
+    page * n
 }
 
 /// The page size and page count of a tensor as a TT buffer stores it.

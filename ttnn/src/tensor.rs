@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, IxDyn};
 
-use crate::device::{BackendImpl, Device};
+use crate::device::{Allocation, BackendImpl, Device};
 use crate::error::{Error, Result};
 use crate::host::HostBuffer;
 use crate::host::data::{Element, HostData};
@@ -24,23 +24,33 @@ pub(crate) enum Storage {
 /// A device tensor's storage, one variant per backend (the device's backend decides which).
 #[derive(Clone)]
 pub(crate) enum DeviceBuffer {
-    /// The host backend's buffer: contents and modelled memory reservation.
-    Host(Arc<HostBuffer>),
-    /// A tensor handle of the TT-NN shim (freed when the last clone drops).
+    /// The host backend's buffer. `alloc` is its reservation in the modelled memory, owned by
+    /// the tensor handles only: a trace that recorded an op keeps the data (`buffer`) but not
+    /// the reservation, so memory freed by dropping a tensor during capture can be reused by
+    /// later ops of the same capture, as TT-NN's allocator reuses addresses. A trace's working
+    /// set is then the peak of what was live, not the sum of every intermediate.
+    Host {
+        buffer: Arc<HostBuffer>,
+        #[allow(dead_code)] // held for its Drop: the reservation lives as long as the handles
+        alloc: Arc<Allocation>,
+    },
+    /// A tensor handle of the TT-NN shim (freed when the last clone drops). No modelled
+    /// reservation: the library's allocator owns the device memory.
     Tt(Arc<TtTensor>),
 }
 
 impl DeviceBuffer {
     fn memory_config(&self) -> &MemoryConfig {
         match self {
-            Self::Host(b) => &b.memory_config,
+            Self::Host { buffer, .. } => &buffer.memory_config,
             Self::Tt(t) => &t.memory_config,
         }
     }
 }
 
 /// A tensor. Cloning shares the data (like a TT-NN tensor handle); a device tensor's memory
-/// returns to its device when the last handle (and any trace using it) is dropped.
+/// returns to its device when the last handle is dropped (a trace that used it keeps only the
+/// data, see `Storage`).
 #[derive(Clone)]
 pub struct Tensor {
     shape: Shape,
@@ -57,7 +67,7 @@ impl std::fmt::Debug for Tensor {
             .field("layout", &self.layout);
         match &self.storage {
             Storage::Host(_) => d.field("storage", &"host"),
-            Storage::Device { device, buffer } => d
+            Storage::Device { device, buffer, .. } => d
                 .field("device", &device.id())
                 .field("memory_config", buffer.memory_config()),
         };
@@ -161,6 +171,50 @@ impl Tensor {
         Self::from_slice(&values, shape, dtype, layout)
     }
 
+    /// A bf16 host tensor over `len = shape.volume()` values at byte `offset` of `owner`,
+    /// without a copy (e.g. an embedding table in a memory-mapped checkpoint; moved to the
+    /// host backend with [`Tensor::into_device`] it stays borrowed). Errors if the range is out
+    /// of bounds or not 2-byte aligned (copy the values instead).
+    pub fn from_shared_bf16(
+        owner: crate::host::data::SharedBytes,
+        offset: usize,
+        shape: impl Into<Shape>,
+        layout: Layout,
+    ) -> Result<Self> {
+        let op = "Tensor::from_shared_bf16";
+        let shape = shape.into();
+        let buf =
+            crate::host::data::Bf16Buf::shared(owner, offset, shape.volume()).ok_or_else(|| {
+                Error::arg(op, "the bf16 range is out of bounds or not 2-byte aligned")
+            })?;
+        Ok(Self::from_parts(
+            shape,
+            DataType::Bfloat16,
+            layout,
+            Storage::Host(Arc::new(HostData::Bf16(buf))),
+        ))
+    }
+
+    /// A host tensor of `dtype` from little-endian bf16 bytes (a checkpoint tensor), converted
+    /// row by row without an f32 copy of the whole.
+    pub fn from_bf16_bytes(
+        bytes: &[u8],
+        shape: impl Into<Shape>,
+        dtype: DataType,
+        layout: Layout,
+    ) -> Result<Self> {
+        let op = "Tensor::from_bf16_bytes";
+        let shape = shape.into();
+        check_tile_dtype(op, dtype, layout)?;
+        let data = HostData::from_bf16_bytes(op, bytes, dtype, shape)?;
+        Ok(Self::from_parts(
+            shape,
+            dtype,
+            layout,
+            Storage::Host(Arc::new(data)),
+        ))
+    }
+
     /// A zero-filled host tensor.
     pub fn zeros(shape: impl Into<Shape>, dtype: DataType, layout: Layout) -> Result<Self> {
         let shape = shape.into();
@@ -218,17 +272,40 @@ impl Tensor {
         matches!(self.storage, Storage::Device { .. })
     }
 
+    /// Bytes the backend really keeps for this tensor's values: what a kernel streams when it
+    /// reads the whole tensor. On the host, its storage form (e.g. 2 bits per ternary value);
+    /// on a Tenstorrent device, the TT buffer's pages (Ternary is stored as BFLOAT4_B there).
+    pub fn storage_bytes(&self) -> Option<u64> {
+        match &self.storage {
+            Storage::Host(d) => Some(d.host_bytes() as u64),
+            Storage::Device {
+                buffer: DeviceBuffer::Host { buffer, .. },
+                ..
+            } => Some(buffer.read().host_bytes() as u64),
+            Storage::Device {
+                buffer: DeviceBuffer::Tt(_),
+                ..
+            } => {
+                let dtype = match self.dtype {
+                    DataType::Ternary => DataType::Bfloat4B,
+                    d => d,
+                };
+                Some(crate::device::buffer_bytes(self.shape, dtype, self.layout))
+            }
+        }
+    }
+
     /// True if both handles share one buffer (one is a clone or view of the other).
     pub fn shares_buffer_with(&self, other: &Tensor) -> bool {
         match (&self.storage, &other.storage) {
             (Storage::Host(a), Storage::Host(b)) => Arc::ptr_eq(a, b),
             (
                 Storage::Device {
-                    buffer: DeviceBuffer::Host(a),
+                    buffer: DeviceBuffer::Host { buffer: a, .. },
                     ..
                 },
                 Storage::Device {
-                    buffer: DeviceBuffer::Host(b),
+                    buffer: DeviceBuffer::Host { buffer: b, .. },
                     ..
                 },
             ) => Arc::ptr_eq(a, b),
@@ -255,15 +332,18 @@ impl Tensor {
         layout: Layout,
         mc: &MemoryConfig,
     ) -> Result<Self> {
-        let allocation = device.allocate(op, shape, dtype, layout, mc)?;
-        let buffer = HostBuffer::new(HostData::zeros(dtype, shape), mc.clone(), allocation);
+        let alloc = Arc::new(device.allocate(op, shape, dtype, layout, mc)?);
+        let buffer = HostBuffer::new(HostData::zeros(dtype, shape), mc.clone());
         Ok(Self::from_parts(
             shape,
             dtype,
             layout,
             Storage::Device {
                 device: device.clone(),
-                buffer: DeviceBuffer::Host(Arc::new(buffer)),
+                buffer: DeviceBuffer::Host {
+                    buffer: Arc::new(buffer),
+                    alloc,
+                },
             },
         ))
     }
@@ -285,15 +365,19 @@ impl Tensor {
         match device.backend_impl() {
             BackendImpl::Host(host) => {
                 host.ensure_not_capturing(op)?;
-                let allocation = device.allocate(op, self.shape, self.dtype, self.layout, mc)?;
-                let buffer = HostBuffer::new((**data).clone(), mc.clone(), allocation);
+                let alloc =
+                    Arc::new(device.allocate(op, self.shape, self.dtype, self.layout, mc)?);
+                let buffer = HostBuffer::new((**data).clone(), mc.clone());
                 Ok(Self::from_parts(
                     self.shape,
                     self.dtype,
                     self.layout,
                     Storage::Device {
                         device: device.clone(),
-                        buffer: DeviceBuffer::Host(Arc::new(buffer)),
+                        buffer: DeviceBuffer::Host {
+                            buffer: Arc::new(buffer),
+                            alloc,
+                        },
                     },
                 ))
             }
@@ -305,6 +389,44 @@ impl Tensor {
         }
     }
 
+    /// Like [`Tensor::to_device`], consuming the host tensor: on the host backend its data
+    /// moves into the device buffer without a copy when no other handle shares it (how large
+    /// weights upload without a second copy in memory); the Tenstorrent backend copies it into
+    /// the library's tensor as `to_device` does.
+    pub fn into_device(self, device: &Device, mc: &MemoryConfig) -> Result<Tensor> {
+        let op = "Tensor::into_device";
+        let Storage::Host(data) = self.storage else {
+            return Err(Error::WrongStorage {
+                op,
+                what: "the tensor".into(),
+                expected: "the host",
+            });
+        };
+        let host = match device.backend_impl() {
+            BackendImpl::Host(host) => host,
+            BackendImpl::Tt(tt) => {
+                return tt
+                    .dev
+                    .upload(device, op, &data, self.shape, self.dtype, self.layout, mc);
+            }
+        };
+        host.ensure_not_capturing(op)?;
+        let alloc = Arc::new(device.allocate(op, self.shape, self.dtype, self.layout, mc)?);
+        let data = Arc::try_unwrap(data).unwrap_or_else(|shared| (*shared).clone());
+        Ok(Self::from_parts(
+            self.shape,
+            self.dtype,
+            self.layout,
+            Storage::Device {
+                device: device.clone(),
+                buffer: DeviceBuffer::Host {
+                    buffer: Arc::new(HostBuffer::new(data, mc.clone())),
+                    alloc,
+                },
+            },
+        ))
+    }
+
     /// Reads a device tensor back (TT-NN's `cpu()` / `from_device`); a host tensor is returned as is.
     pub fn to_host(&self) -> Result<Tensor> {
         match &self.storage {
@@ -312,7 +434,7 @@ impl Tensor {
             Storage::Device { device, buffer } => {
                 let op = "Tensor::to_host";
                 let data = match buffer {
-                    DeviceBuffer::Host(buffer) => {
+                    DeviceBuffer::Host { buffer, .. } => {
                         device.ensure_not_capturing(op)?;
                         buffer.read().clone()
                     }
@@ -335,7 +457,7 @@ impl Tensor {
         match &self.storage {
             Storage::Host(d) => T::from_host_data(op, d),
             Storage::Device { device, buffer } => match buffer {
-                DeviceBuffer::Host(buffer) => {
+                DeviceBuffer::Host { buffer, .. } => {
                     device.ensure_not_capturing(op)?;
                     T::from_host_data(op, &buffer.read())
                 }
@@ -394,7 +516,7 @@ impl Tensor {
     pub(crate) fn host_buffer(&self, op: &'static str, what: &str) -> Result<&Arc<HostBuffer>> {
         match &self.storage {
             Storage::Device {
-                buffer: DeviceBuffer::Host(b),
+                buffer: DeviceBuffer::Host { buffer: b, .. },
                 ..
             } => Ok(b),
             _ => Err(Error::WrongStorage {

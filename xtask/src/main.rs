@@ -2,6 +2,7 @@
 //! Tasks arrive with the issues that need them (`bindgen`, `synth-model`, `test-hw`).
 
 mod bindgen;
+mod synth;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -34,6 +35,17 @@ enum Task {
     Bindgen {
         #[arg(long)]
         check: bool,
+    },
+    /// Write a random BitNet checkpoint of a given shape (packed offline autobitlinear format).
+    SynthModel {
+        /// 2b4t (BitNet b1.58 2B-4T), 2b4t-4l (its widths, 4 layers), small, tiny.
+        #[arg(long, default_value = "2b4t")]
+        shape: String,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -130,6 +142,9 @@ fn main() -> anyhow::Result<()> {
         // `args` is parsed only for `--help`; the verbatim tail keeps a leading `--`.
         Some(Task::Test { args: _ }) => test(&passthrough_args(&argv, "test")),
         Some(Task::Bindgen { check }) => bindgen::run(check),
+        Some(Task::SynthModel { shape, out, seed }) => {
+            synth::synth_model(&synth::ModelShape::named(&shape)?, &out, seed)
+        }
     }
 }
 

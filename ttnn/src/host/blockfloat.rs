@@ -66,22 +66,26 @@ impl BlockFloatData {
 
     /// Re-encodes in place from row-major values (no allocation).
     pub fn encode_from(&mut self, values: &[f32]) {
-        let (rows, row_len) = (self.rows, self.row_len);
+        for r in 0..self.rows {
+            self.encode_row(r, &values[r * self.row_len..(r + 1) * self.row_len]);
+        }
+    }
+
+    /// Re-encodes row `r` from its `row_len` values (no allocation).
+    pub fn encode_row(&mut self, r: usize, row: &[f32]) {
+        let row_len = self.row_len;
         let g = Self::groups_per_row(row_len);
         let mut buf = [0f32; GROUP];
-        for r in 0..rows {
-            let row = &values[r * row_len..(r + 1) * row_len];
-            for gi in 0..g {
-                buf.fill(0.0);
-                let start = gi * GROUP;
-                let end = (start + GROUP).min(row_len);
-                buf[..end - start].copy_from_slice(&row[start..end]);
-                let idx = r * g + gi;
-                let mants: &mut [i8; GROUP] = (&mut self.mants[idx * GROUP..(idx + 1) * GROUP])
-                    .try_into()
-                    .expect("group slice has GROUP elements");
-                self.exps[idx] = encode_group(self.format, &buf, mants);
-            }
+        for gi in 0..g {
+            buf.fill(0.0);
+            let start = gi * GROUP;
+            let end = (start + GROUP).min(row_len);
+            buf[..end - start].copy_from_slice(&row[start..end]);
+            let idx = r * g + gi;
+            let mants: &mut [i8; GROUP] = (&mut self.mants[idx * GROUP..(idx + 1) * GROUP])
+                .try_into()
+                .expect("group slice has GROUP elements");
+            self.exps[idx] = encode_group(self.format, &buf, mants);
         }
     }
 

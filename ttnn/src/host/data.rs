@@ -1,6 +1,8 @@
 //! `HostData`: the element storage of a tensor on the host (host tensors, and device tensors of
 //! the host backend), and conversions between user element types and `DataType`s.
 
+use std::sync::Arc;
+
 use half::bf16;
 
 use super::blockfloat::{BlockFloatData, BlockFormat};
@@ -8,11 +10,92 @@ use super::ternary::TernaryData;
 use crate::error::{Error, Result};
 use crate::types::{DataType, Shape};
 
+/// Read-only bytes owned elsewhere (a memory-mapped checkpoint) that a tensor can borrow.
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// bf16 values: owned, or borrowed without a copy from [`SharedBytes`] (how a large embedding
+/// table stays in the mapped checkpoint: only the rows a lookup touches become resident).
+/// Writing to borrowed values first copies them (copy on write).
+#[derive(Clone)]
+pub enum Bf16Buf {
+    Owned(Vec<bf16>),
+    Shared {
+        owner: SharedBytes,
+        offset: usize,
+        len: usize,
+    },
+}
+
+impl Bf16Buf {
+    /// Borrows `len` values at byte `offset` of `owner`; `None` if out of bounds or misaligned.
+    pub fn shared(owner: SharedBytes, offset: usize, len: usize) -> Option<Self> {
+        let bytes = (*owner).as_ref();
+        let end = offset.checked_add(len.checked_mul(2)?)?;
+        let ok = end <= bytes.len()
+            && (bytes.as_ptr() as usize + offset).is_multiple_of(std::mem::align_of::<bf16>());
+        ok.then_some(Self::Shared { owner, offset, len })
+    }
+
+    /// The values, owned (copying borrowed ones).
+    pub fn to_mut(&mut self) -> &mut Vec<bf16> {
+        if let Self::Shared { .. } = self {
+            *self = Self::Owned(self.to_vec());
+        }
+        match self {
+            Self::Owned(v) => v,
+            Self::Shared { .. } => unreachable!("made owned above"),
+        }
+    }
+}
+
+impl std::ops::Deref for Bf16Buf {
+    type Target = [bf16];
+    fn deref(&self) -> &[bf16] {
+        match self {
+            Self::Owned(v) => v,
+            Self::Shared { owner, offset, len } => {
+                let bytes = &(**owner).as_ref()[*offset..*offset + 2 * *len];
+                // SAFETY: `shared` checked bounds and 2-byte alignment; bf16 is a
+                // `#[repr(transparent)]` u16, valid for every bit pattern; the bytes are
+                // read-only and live as long as `owner`, which `self` holds.
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<bf16>(), *len) }
+            }
+        }
+    }
+}
+
+impl std::ops::DerefMut for Bf16Buf {
+    fn deref_mut(&mut self) -> &mut [bf16] {
+        self.to_mut()
+    }
+}
+
+impl From<Vec<bf16>> for Bf16Buf {
+    fn from(v: Vec<bf16>) -> Self {
+        Self::Owned(v)
+    }
+}
+
+impl PartialEq for Bf16Buf {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for Bf16Buf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Owned(v) => write!(f, "Bf16Buf::Owned({} values)", v.len()),
+            Self::Shared { len, .. } => write!(f, "Bf16Buf::Shared({len} values)"),
+        }
+    }
+}
+
 /// Element storage, one variant per storage form. Rows are the tensor's last dimension.
 #[derive(Clone, Debug, PartialEq)]
 pub enum HostData {
     F32(Vec<f32>),
-    Bf16(Vec<bf16>),
+    Bf16(Bf16Buf),
     U32(Vec<u32>),
     I32(Vec<i32>),
     U16(Vec<u16>),
@@ -28,7 +111,7 @@ impl HostData {
         let (rows, len) = (shape.rows(), shape.last());
         match dtype {
             DataType::Float32 => Self::F32(vec![0.0; n]),
-            DataType::Bfloat16 => Self::Bf16(vec![bf16::ZERO; n]),
+            DataType::Bfloat16 => Self::Bf16(vec![bf16::ZERO; n].into()),
             DataType::Uint32 => Self::U32(vec![0; n]),
             DataType::Int32 => Self::I32(vec![0; n]),
             DataType::Uint16 => Self::U16(vec![0; n]),
@@ -147,7 +230,13 @@ impl HostData {
         let (rows, len) = (shape.rows(), shape.last());
         Ok(match dtype {
             DataType::Float32 => Self::F32(values.to_vec()),
-            DataType::Bfloat16 => Self::Bf16(values.iter().map(|&v| bf16::from_f32(v)).collect()),
+            DataType::Bfloat16 => Self::Bf16(
+                values
+                    .iter()
+                    .map(|&v| bf16::from_f32(v))
+                    .collect::<Vec<_>>()
+                    .into(),
+            ),
             DataType::Bfloat8B => {
                 Self::Block(BlockFloatData::encode(BlockFormat::Bfp8, values, rows, len))
             }
@@ -173,6 +262,57 @@ impl HostData {
                     ints.push(v as i64);
                 }
                 Self::from_i64(op, "f32", &ints, int, shape)?
+            }
+        })
+    }
+
+    /// Storage for `shape` in `dtype` from little-endian bf16 bytes, converted row by row (no
+    /// f32 copy of the whole tensor: a 128256 x 2560 embedding becomes a bfloat8_b lm_head
+    /// without a 1.3 GB intermediate).
+    pub fn from_bf16_bytes(
+        op: &'static str,
+        bytes: &[u8],
+        dtype: DataType,
+        shape: Shape,
+    ) -> Result<Self> {
+        if bytes.len() != 2 * shape.volume() {
+            return Err(Error::arg(
+                op,
+                format!(
+                    "{} bytes do not hold {} bf16 values",
+                    bytes.len(),
+                    shape.volume()
+                ),
+            ));
+        }
+        let val = |b: &[u8]| bf16::from_le_bytes([b[0], b[1]]);
+        Ok(match dtype {
+            DataType::Bfloat16 => {
+                Self::Bf16(bytes.chunks_exact(2).map(val).collect::<Vec<_>>().into())
+            }
+            DataType::Float32 => {
+                Self::F32(bytes.chunks_exact(2).map(|b| val(b).to_f32()).collect())
+            }
+            DataType::Bfloat8B | DataType::Bfloat4B => {
+                let format = if dtype == DataType::Bfloat8B {
+                    BlockFormat::Bfp8
+                } else {
+                    BlockFormat::Bfp4
+                };
+                let (rows, len) = (shape.rows(), shape.last());
+                let mut b = BlockFloatData::zeros(format, rows, len);
+                let mut row = vec![0f32; len];
+                for (r, src) in bytes.chunks_exact(2 * len.max(1)).enumerate().take(rows) {
+                    for (d, s) in row.iter_mut().zip(src.chunks_exact(2)) {
+                        *d = val(s).to_f32();
+                    }
+                    b.encode_row(r, &row);
+                }
+                Self::Block(b)
+            }
+            other => {
+                let f: Vec<f32> = bytes.chunks_exact(2).map(|b| val(b).to_f32()).collect();
+                Self::from_f32(op, &f, other, shape)?
             }
         })
     }
@@ -301,14 +441,14 @@ impl Element for bf16 {
         shape: Shape,
     ) -> Result<HostData> {
         if dtype == DataType::Bfloat16 {
-            return Ok(HostData::Bf16(v.to_vec()));
+            return Ok(HostData::Bf16(v.to_vec().into()));
         }
         let f: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
         HostData::from_f32(op, &f, dtype, shape)
     }
     fn from_host_data(op: &'static str, data: &HostData) -> Result<Vec<bf16>> {
         match data {
-            HostData::Bf16(v) => Ok(v.clone()),
+            HostData::Bf16(v) => Ok(v.to_vec()),
             d if d.dtype().is_float() => {
                 Ok(d.to_f32_vec().into_iter().map(bf16::from_f32).collect())
             }
@@ -332,6 +472,15 @@ macro_rules! int_element {
                 dtype: DataType,
                 shape: Shape,
             ) -> Result<HostData> {
+                // Ternary straight from the values: no widened copy of a large weight.
+                if dtype == DataType::Ternary {
+                    if let Some(bad) = v.iter().find(|&&x| !(-1..=1).contains(&(x as i64))) {
+                        return Err(conv(op, $name, dtype, format!("{bad} is not -1, 0 or 1")));
+                    }
+                    let mut t = TernaryData::zeros(shape.rows(), shape.last());
+                    t.pack_from(v.iter().map(|&x| x as i8));
+                    return Ok(HostData::Ternary(t));
+                }
                 let ints: Vec<i64> = v.iter().map(|&x| x as i64).collect();
                 HostData::from_i64(op, $name, &ints, dtype, shape)
             }

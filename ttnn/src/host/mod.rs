@@ -15,26 +15,25 @@ pub(crate) mod ternary;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::device::{Allocation, DeviceSpec};
+use crate::device::{DeviceSpec, HostIsa};
 use crate::error::{Error, Result};
 use crate::types::MemoryConfig;
 use data::HostData;
 use pool::ThreadPool;
 
-/// A device buffer of the host backend: its contents and its reservation in modelled memory.
+/// A device buffer of the host backend: its contents (the reservation in modelled memory is
+/// held by the tensor handles, see `tensor::Storage`).
 #[derive(Debug)]
 pub(crate) struct HostBuffer {
     data: RwLock<HostData>,
     pub memory_config: MemoryConfig,
-    _allocation: Allocation,
 }
 
 impl HostBuffer {
-    pub fn new(data: HostData, memory_config: MemoryConfig, allocation: Allocation) -> Self {
+    pub fn new(data: HostData, memory_config: MemoryConfig) -> Self {
         Self {
             data: RwLock::new(data),
             memory_config,
-            _allocation: allocation,
         }
     }
 
@@ -52,6 +51,7 @@ impl HostBuffer {
 /// What a kernel may use while running.
 pub(crate) struct HostCtx<'a> {
     pub pool: &'a ThreadPool,
+    pub isa: HostIsa,
 }
 
 /// One recorded unit of device work.
@@ -75,6 +75,7 @@ static NEXT_TRACE_ID: AtomicU32 = AtomicU32::new(0);
 /// The host backend's per-device state.
 pub(crate) struct HostDevice {
     pub pool: ThreadPool,
+    pub isa: HostIsa,
     capture: Mutex<Option<Capture>>,
     live_traces: Arc<AtomicUsize>,
 }
@@ -104,8 +105,19 @@ impl HostDevice {
             backend: "host",
             message: format!("cannot start {threads} worker threads: {e}"),
         })?;
+        let isa = match spec.host_isa {
+            Some(isa) if !isa.is_supported() => {
+                return Err(Error::arg(
+                    "Device::open",
+                    format!("this CPU cannot run the {isa:?} kernels"),
+                ));
+            }
+            Some(isa) => isa,
+            None => HostIsa::detect(),
+        };
         Ok(Self {
             pool,
+            isa,
             capture: Mutex::new(None),
             live_traces: Arc::new(AtomicUsize::new(0)),
         })
@@ -137,7 +149,10 @@ impl HostDevice {
                 return Ok(());
             }
         }
-        cmd.run(&HostCtx { pool: &self.pool })
+        cmd.run(&HostCtx {
+            pool: &self.pool,
+            isa: self.isa,
+        })
     }
 
     pub fn begin_capture(&self, op: &'static str) -> Result<u32> {
@@ -194,7 +209,10 @@ impl HostDevice {
     pub fn replay(&self, op: &'static str, trace: &HostTrace) -> Result<()> {
         self.ensure_not_capturing(op)?;
         let mut cmds = trace.commands.lock().unwrap_or_else(|e| e.into_inner());
-        let ctx = HostCtx { pool: &self.pool };
+        let ctx = HostCtx {
+            pool: &self.pool,
+            isa: self.isa,
+        };
         for c in cmds.iter_mut() {
             c.run(&ctx)?;
         }

@@ -1,8 +1,18 @@
-//! Ternary weights packed 2 bits per value (the host backend's storage for `DataType::Ternary`).
+//! Ternary weights packed 2 bits per value (the host backend's storage for `DataType::Ternary`),
+//! in the layout the SIMD kernels read.
 //!
-//! Row-major along the last dimension; each row starts on a byte boundary. Within a byte,
-//! value `4j + i` of the row sits in bits `2i..2i+2` as the code `t + 1` (0 -> -1, 1 -> 0,
-//! 2 -> +1), the same codes HF's packed checkpoints use. Code 3 never occurs.
+//! Each row (the last dimension) is cut into chunks of 128 values stored in 32 bytes: byte `j`
+//! of a chunk holds values `j`, `j + 32`, `j + 64` and `j + 96` of the chunk in bits 0-1, 2-3,
+//! 4-5 and 6-7. So one 32-byte load, shifted by 0/2/4/6 and masked, gives four vectors of 32
+//! consecutive values each, which line up with 32 consecutive activations: no shuffles. Values
+//! are stored as codes `t + 1` (0 -> -1, 1 -> 0, 2 -> +1), as in HF's packed checkpoints; code 3
+//! never occurs; a row's tail past `row_len` holds code 1 (zero), so kernels can run whole
+//! chunks.
+
+/// Values per chunk.
+pub const CHUNK: usize = 128;
+/// Bytes per chunk.
+pub const CHUNK_BYTES: usize = CHUNK / 4;
 
 /// Packed ternary matrix: `rows` rows of `row_len` values.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,9 +22,17 @@ pub struct TernaryData {
     pub packed: Vec<u8>,
 }
 
+/// (byte offset in the row, bit shift) of value `c`.
+#[inline]
+fn place(c: usize) -> (usize, usize) {
+    let (chunk, o) = (c / CHUNK, c % CHUNK);
+    (chunk * CHUNK_BYTES + o % CHUNK_BYTES, 2 * (o / CHUNK_BYTES))
+}
+
 impl TernaryData {
+    /// Bytes per row: whole chunks.
     pub fn row_bytes(row_len: usize) -> usize {
-        row_len.div_ceil(4)
+        row_len.div_ceil(CHUNK) * CHUNK_BYTES
     }
 
     pub fn zeros(rows: usize, row_len: usize) -> Self {
@@ -29,47 +47,38 @@ impl TernaryData {
     /// Packs values already checked to be in {-1, 0, 1}.
     pub fn pack(values: &[i8], rows: usize, row_len: usize) -> Self {
         debug_assert_eq!(values.len(), rows * row_len);
-        let rb = Self::row_bytes(row_len);
-        let mut packed = vec![0x55u8; rows * rb];
-        for r in 0..rows {
-            let src = &values[r * row_len..(r + 1) * row_len];
-            let dst = &mut packed[r * rb..(r + 1) * rb];
-            for (j, byte) in dst.iter_mut().enumerate() {
-                let mut b = 0u8;
-                for i in 0..4 {
-                    let t = src.get(4 * j + i).copied().unwrap_or(0);
-                    b |= ((t + 1) as u8) << (2 * i);
-                }
-                *byte = b;
-            }
-        }
-        Self {
-            rows,
-            row_len,
-            packed,
-        }
+        let mut t = Self::zeros(rows, row_len);
+        t.pack_from(values.iter().copied());
+        t
     }
 
     /// Repacks in place from row-major values in {-1, 0, 1} (no allocation).
     pub fn pack_from(&mut self, mut values: impl Iterator<Item = i8>) {
         let rb = Self::row_bytes(self.row_len);
+        self.packed.fill(0x55);
+        let mut chunk = [1u8; CHUNK];
         for r in 0..self.rows {
-            for j in 0..rb {
-                let mut b = 0u8;
-                for i in 0..4 {
-                    let t = if 4 * j + i < self.row_len {
-                        values.next().unwrap_or(0)
+            let row = &mut self.packed[r * rb..(r + 1) * rb];
+            for (c, dst) in row.chunks_exact_mut(CHUNK_BYTES).enumerate() {
+                let n = (self.row_len - c * CHUNK).min(CHUNK);
+                for (i, code) in chunk.iter_mut().enumerate() {
+                    *code = if i < n {
+                        (values.next().unwrap_or(0) + 1) as u8
                     } else {
-                        0
+                        1
                     };
-                    b |= ((t + 1) as u8) << (2 * i);
                 }
-                self.packed[r * rb + j] = b;
+                for (j, byte) in dst.iter_mut().enumerate() {
+                    *byte = chunk[j]
+                        | (chunk[j + CHUNK_BYTES] << 2)
+                        | (chunk[j + 2 * CHUNK_BYTES] << 4)
+                        | (chunk[j + 3 * CHUNK_BYTES] << 6);
+                }
             }
         }
     }
 
-    /// Row `r` as packed bytes.
+    /// Row `r` as packed bytes (whole chunks).
     pub fn row(&self, r: usize) -> &[u8] {
         let rb = Self::row_bytes(self.row_len);
         &self.packed[r * rb..(r + 1) * rb]
@@ -78,8 +87,8 @@ impl TernaryData {
     /// Value at (`r`, `c`).
     #[inline]
     pub fn get(&self, r: usize, c: usize) -> i8 {
-        let b = self.row(r)[c / 4];
-        (((b >> (2 * (c % 4))) & 3) as i8) - 1
+        let (byte, shift) = place(c);
+        (((self.row(r)[byte] >> shift) & 3) as i8) - 1
     }
 
     /// All values, row-major.
@@ -101,7 +110,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn pack_unpack_round_trips(rows in 1usize..6, row_len in 1usize..70, seed in any::<u64>()) {
+        fn pack_unpack_round_trips(rows in 1usize..6, row_len in 1usize..300, seed in any::<u64>()) {
             let mut s = seed;
             let values: Vec<i8> = (0..rows * row_len)
                 .map(|_| {
@@ -110,16 +119,23 @@ mod tests {
                 })
                 .collect();
             let p = TernaryData::pack(&values, rows, row_len);
-            prop_assert_eq!(p.packed.len(), rows * row_len.div_ceil(4));
+            prop_assert_eq!(p.packed.len(), rows * row_len.div_ceil(CHUNK) * CHUNK_BYTES);
             prop_assert_eq!(p.unpack(), values);
         }
     }
 
     #[test]
-    fn codes_match_hf_packing() {
-        // -1, 0, +1, 0 -> codes 0, 1, 2, 1 -> 0b01_10_01_00
-        let p = TernaryData::pack(&[-1, 0, 1, 0], 1, 4);
-        assert_eq!(p.packed, vec![0b0110_0100]);
+    fn chunk_layout() {
+        // Value 0 -> byte 0 bits 0-1; value 33 -> byte 1 bits 2-3; value 130 -> byte 34 bits 0-1.
+        let mut v = vec![0i8; 200];
+        v[0] = -1;
+        v[33] = 1;
+        v[130] = 1;
+        let p = TernaryData::pack(&v, 1, 200);
+        assert_eq!(p.packed.len(), 64);
+        assert_eq!(p.packed[0], 0b0101_0100);
+        assert_eq!(p.packed[1], 0b0101_1001);
+        assert_eq!(p.packed[34], 0b0101_0110);
         assert_eq!(TernaryData::zeros(1, 3).unpack(), vec![0, 0, 0]);
     }
 }

@@ -216,8 +216,9 @@ pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs<'_>) -> R
         } else {
             rows * k
         }),
-        q: Vec::with_capacity(rows * k),
+        q: Vec::with_capacity(rows * crate::host::ternary::TernaryData::row_bytes(k) * 4),
         scales: Vec::with_capacity(rows),
+        qsums: Vec::with_capacity(rows),
         so: Vec::with_capacity(if dtype == DataType::Float32 {
             0
         } else {

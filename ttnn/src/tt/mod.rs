@@ -500,7 +500,7 @@ impl TtDevice {
         let decoded: Vec<f32>;
         let (ptr, nbytes): (*const c_void, usize) = match data {
             HostData::F32(v) => (v.as_ptr().cast(), std::mem::size_of_val(v.as_slice())),
-            HostData::Bf16(v) => (v.as_ptr().cast(), std::mem::size_of_val(v.as_slice())),
+            HostData::Bf16(v) => (v.as_ptr().cast(), std::mem::size_of_val::<[bf16]>(v)),
             HostData::U32(v) => (v.as_ptr().cast(), std::mem::size_of_val(v.as_slice())),
             HostData::I32(v) => (v.as_ptr().cast(), std::mem::size_of_val(v.as_slice())),
             HostData::U16(v) => (v.as_ptr().cast(), std::mem::size_of_val(v.as_slice())),
@@ -630,7 +630,7 @@ impl TtDevice {
         }
         let data = match got {
             DataType::Float32 => HostData::F32(fill::<f32>(self, op, h, count, nbytes)?),
-            DataType::Bfloat16 => HostData::Bf16(fill::<bf16>(self, op, h, count, nbytes)?),
+            DataType::Bfloat16 => HostData::Bf16(fill::<bf16>(self, op, h, count, nbytes)?.into()),
             DataType::Uint32 => HostData::U32(fill::<u32>(self, op, h, count, nbytes)?),
             DataType::Int32 => HostData::I32(fill::<i32>(self, op, h, count, nbytes)?),
             DataType::Uint16 => HostData::U16(fill::<u16>(self, op, h, count, nbytes)?),

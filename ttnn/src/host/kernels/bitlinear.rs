@@ -3,15 +3,17 @@
 //!
 //! Each activation row is quantized once into an i8 scratch row ([`quantize_row_int8`], shared
 //! with `quantize_activations_int8`); every output is then an exact integer dot product of that
-//! row with one packed ternary weight row ([`dot_i8_ternary`]), scaled once. SIMD versions can
-//! replace `dot_i8_ternary` without touching the command or the op.
+//! row with one packed ternary weight row (`ternary_dot::dot_codes`, scalar/AVX2/AVX-512 VNNI,
+//! four activation rows per unpacked weight vector), scaled once.
 
 use std::sync::Arc;
 
 use super::eltwise::SendPtr;
+use super::ternary_dot::dot_codes;
 use super::{read_f32, write_f32};
 use crate::error::{Error, Result};
 use crate::host::data::HostData;
+use crate::host::ternary::TernaryData;
 use crate::host::{HostBuffer, HostCommand, HostCtx};
 use crate::ops::bitlinear::WeightScaleMode;
 
@@ -38,49 +40,6 @@ pub(crate) fn quantize_row_int8(x: &[f32], q: &mut [i8]) -> f32 {
     s
 }
 
-/// Ternary values of each packed byte (codes `t + 1`, 2 bits each, value `i` in bits `2i..`).
-static UNPACK: [[i8; 4]; 256] = {
-    let mut t = [[0i8; 4]; 256];
-    let mut b = 0;
-    while b < 256 {
-        let mut i = 0;
-        while i < 4 {
-            t[b][i] = ((b >> (2 * i)) & 3) as i8 - 1;
-            i += 1;
-        }
-        b += 1;
-    }
-    t
-};
-
-/// Values per unpacked chunk: small enough for the stack, long enough to vectorize.
-const CHUNK: usize = 64;
-
-/// `sum_k q[k] * t[k]` with `t` a packed ternary row (codes `t + 1`, 2 bits each, 4 per byte,
-/// value `4j + i` in bits `2i..2i+2` of byte `j`); exact. Chunks are unpacked through a table
-/// into a stack buffer so that the multiply-add loop vectorizes; the SIMD kernels replace this.
-#[inline]
-pub(crate) fn dot_i8_ternary(q: &[i8], packed_row: &[u8]) -> i32 {
-    let mut acc = 0i32;
-    let chunks = q.len() / CHUNK;
-    for c in 0..chunks {
-        let mut w = [0i8; CHUNK];
-        for (j, wj) in w.chunks_exact_mut(4).enumerate() {
-            wj.copy_from_slice(&UNPACK[packed_row[c * CHUNK / 4 + j] as usize]);
-        }
-        let qc = &q[c * CHUNK..(c + 1) * CHUNK];
-        let mut s = 0i32;
-        for i in 0..CHUNK {
-            s += qc[i] as i32 * w[i] as i32;
-        }
-        acc += s;
-    }
-    for k in chunks * CHUNK..q.len() {
-        acc += q[k] as i32 * UNPACK[packed_row[k / 4] as usize][k % 4] as i32;
-    }
-    acc
-}
-
 /// The output value of an exact accumulator for a row with scale `s`.
 #[inline]
 fn dequant(acc: i32, s: f32, weight_scale: f32, mode: WeightScaleMode) -> f32 {
@@ -90,30 +49,51 @@ fn dequant(acc: i32, s: f32, weight_scale: f32, mode: WeightScaleMode) -> f32 {
     }
 }
 
-/// Quantizes `rows` rows of `k` values into `q` and `scales` (parallel over rows when large).
-fn quantize_rows(ctx: &HostCtx<'_>, x: &[f32], k: usize, q: &mut [i8], scales: &mut [f32]) {
+/// Quantizes `rows` rows of `k` values into `q` (rows `kp >= k` apart, the tail zero) and
+/// `scales`, and records each row's sum of codes in `qsums` (parallel over rows when large).
+fn quantize_rows(
+    ctx: &HostCtx<'_>,
+    x: &[f32],
+    k: usize,
+    kp: usize,
+    q: &mut [i8],
+    scales: &mut [f32],
+    qsums: &mut [i32],
+) {
     let rows = scales.len();
+    let one = |r: usize, qr: &mut [i8], s: &mut f32, qs: &mut i32| {
+        *s = quantize_row_int8(&x[r * k..(r + 1) * k], &mut qr[..k]);
+        qr[k..].fill(0);
+        *qs = qr[..k].iter().map(|&v| v as i32).sum();
+    };
     if rows * k < QUANT_PAR_MIN || ctx.pool.num_threads() == 1 {
-        for ((xr, qr), s) in x.chunks_exact(k).zip(q.chunks_exact_mut(k)).zip(scales) {
-            *s = quantize_row_int8(xr, qr);
+        for (r, ((qr, s), qs)) in q
+            .chunks_exact_mut(kp)
+            .zip(scales.iter_mut())
+            .zip(qsums.iter_mut())
+            .enumerate()
+        {
+            one(r, qr, s, qs);
         }
         return;
     }
     let qp = SendPtr(q.as_mut_ptr());
     let sp = SendPtr(scales.as_mut_ptr());
+    let sump = SendPtr(qsums.as_mut_ptr());
     ctx.pool
         .for_ranges(rows, ctx.pool.num_threads() * 4, &|range| {
             for r in range {
-                // SAFETY: r < rows; q has rows * k values and scales has rows; each row r is
-                // handled by exactly one task, so the row slices and scale slots are disjoint;
-                // both buffers outlive the parallel region.
-                let (qr, s) = unsafe {
+                // SAFETY: r < rows; q has rows * kp values, scales and qsums rows each; each row r
+                // is handled by exactly one task, so the slices are disjoint; the buffers outlive
+                // the parallel region.
+                let (qr, s, qs) = unsafe {
                     (
-                        std::slice::from_raw_parts_mut(qp.get().add(r * k), k),
+                        std::slice::from_raw_parts_mut(qp.get().add(r * kp), kp),
                         &mut *sp.get().add(r),
+                        &mut *sump.get().add(r),
                     )
                 };
-                *s = quantize_row_int8(&x[r * k..(r + 1) * k], qr);
+                one(r, qr, s, qs);
             }
         });
 }
@@ -133,10 +113,13 @@ pub(crate) struct BitLinearCmd {
     pub mode: WeightScaleMode,
     /// The input decoded to f32 (capacity reserved unless it is f32).
     pub sx: Vec<f32>,
-    /// Quantized activations, `rows * k` (capacity reserved).
+    /// Quantized activations, `rows` rows of `k` padded to whole 128-value chunks (capacity
+    /// reserved).
     pub q: Vec<i8>,
     /// Per-row scales `s` (capacity reserved).
     pub scales: Vec<f32>,
+    /// Per-row sums of the quantized activations (capacity reserved).
+    pub qsums: Vec<i32>,
     /// The output in f32 before rounding (capacity reserved unless the output is f32).
     pub so: Vec<f32>,
 }
@@ -144,13 +127,24 @@ pub(crate) struct BitLinearCmd {
 impl HostCommand for BitLinearCmd {
     fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
         let (rows, k, n) = (self.rows, self.k, self.n);
+        let kp = TernaryData::row_bytes(k) * 4;
         let gi = self.input.read();
         let x = read_f32(&gi, &mut self.sx);
         self.q.clear();
-        self.q.resize(rows * k, 0);
+        self.q.resize(rows * kp, 0);
         self.scales.clear();
         self.scales.resize(rows, 0.0);
-        quantize_rows(ctx, x, k, &mut self.q, &mut self.scales);
+        self.qsums.clear();
+        self.qsums.resize(rows, 0);
+        quantize_rows(
+            ctx,
+            x,
+            k,
+            kp,
+            &mut self.q,
+            &mut self.scales,
+            &mut self.qsums,
+        );
         drop(gi);
         let gw = self.weight.read();
         let w = match &*gw {
@@ -163,8 +157,8 @@ impl HostCommand for BitLinearCmd {
                 });
             }
         };
-        let (q, scales) = (&self.q[..], &self.scales[..]);
-        let (ws, mode) = (self.weight_scale, self.mode);
+        let (q, scales, qsums) = (&self.q[..], &self.scales[..], &self.qsums[..]);
+        let (ws, mode, isa) = (self.weight_scale, self.mode, ctx.isa);
         let gscales = self.weight_scales.as_ref().map(|b| b.read());
         let per_channel: Option<&[f32]> = match gscales.as_deref() {
             Some(HostData::F32(v)) => Some(v),
@@ -174,16 +168,30 @@ impl HostCommand for BitLinearCmd {
         let mut out = self.out.write();
         write_f32(&mut out, rows * n, &mut self.so, |o| {
             let op = SendPtr(o.as_mut_ptr());
+            let put = |r: usize, j: usize, acc: i32| {
+                let ws = per_channel.map_or(ws, |v| v[j]);
+                // SAFETY: r < rows and j < n, so r * n + j < rows * n == o.len(); each output
+                // column j belongs to one task, so tasks write disjoint elements; `o` outlives
+                // the parallel region.
+                unsafe { *op.get().add(r * n + j) = dequant(acc - qsums[r], scales[r], ws, mode) };
+            };
             let kernel = |range: std::ops::Range<usize>| {
                 for j in range {
                     let w_row = w.row(j);
-                    let ws = per_channel.map_or(ws, |v| v[j]);
-                    for (r, &s) in scales.iter().enumerate() {
-                        let acc = dot_i8_ternary(&q[r * k..(r + 1) * k], w_row);
-                        // SAFETY: r < rows and j < n, so r * n + j < rows * n == o.len(); each
-                        // output column j belongs to one task, so tasks write disjoint elements;
-                        // `o` outlives the parallel region.
-                        unsafe { *op.get().add(r * n + j) = dequant(acc, s, ws, mode) };
+                    let mut r = 0;
+                    // Four activation rows share each unpacked weight vector.
+                    while r + 4 <= rows {
+                        let qs: [&[i8]; 4] =
+                            std::array::from_fn(|i| &q[(r + i) * kp..(r + i + 1) * kp]);
+                        let acc = dot_codes(isa, &qs, w_row);
+                        for (i, &a) in acc.iter().enumerate() {
+                            put(r + i, j, a);
+                        }
+                        r += 4;
+                    }
+                    while r < rows {
+                        put(r, j, dot_codes(isa, &[&q[r * kp..(r + 1) * kp]], w_row)[0]);
+                        r += 1;
                     }
                 }
             };
@@ -242,7 +250,6 @@ impl HostCommand for QuantizeCmd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::ternary::TernaryData;
 
     #[test]
     fn quantize_rounds_half_to_even_and_clamps_absmax() {
@@ -266,23 +273,5 @@ mod tests {
         let s = quantize_row_int8(&[1.5, -0.5], &mut q);
         assert_eq!(s.to_bits(), 0x42a9_5556);
         assert_ne!(s, 127.0f32 / 1.5);
-    }
-
-    #[test]
-    fn ternary_dot_matches_unpacked() {
-        let mut seed = 11u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            seed >> 33
-        };
-        for k in [1usize, 3, 4, 5, 31, 64, 67] {
-            let t: Vec<i8> = (0..k).map(|_| (next() % 3) as i8 - 1).collect();
-            let q: Vec<i8> = (0..k).map(|_| (next() % 256) as i64 as i8).collect();
-            let packed = TernaryData::pack(&t, 1, k);
-            let want: i32 = t.iter().zip(&q).map(|(&a, &b)| a as i32 * b as i32).sum();
-            assert_eq!(dot_i8_ternary(&q, packed.row(0)), want, "k={k}");
-        }
     }
 }

@@ -457,7 +457,10 @@ mod tests {
     #[test]
     fn split_and_concat_round_trip() {
         let pool = ThreadPool::new(2).expect("pool");
-        let ctx = HostCtx { pool: &pool };
+        let ctx = HostCtx {
+            pool: &pool,
+            isa: crate::device::HostIsa::Scalar,
+        };
         // Input [2 users, 3 heads * 4 values].
         let src = HostData::F32((0..24).map(|v| v as f32).collect());
         let mut heads = HostData::F32(vec![0.0; 24]);
@@ -481,7 +484,10 @@ mod tests {
     #[test]
     fn block_float_segments_are_exact() {
         let pool = ThreadPool::new(1).expect("pool");
-        let ctx = HostCtx { pool: &pool };
+        let ctx = HostCtx {
+            pool: &pool,
+            isa: crate::device::HostIsa::Scalar,
+        };
         let vals: Vec<f32> = (0..2 * 64).map(|v| (v as f32 * 0.37).sin()).collect();
         let src = BlockFloatData::encode(BlockFormat::Bfp8, &vals, 2, 64);
         let mut dst = HostData::Block(BlockFloatData::zeros(BlockFormat::Bfp8, 4, 32));

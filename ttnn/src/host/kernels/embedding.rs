@@ -153,7 +153,7 @@ mod tests {
         let neg = HostData::I32(vec![-1, 4]);
         assert_eq!(row_of(&neg, 0, 4, None).expect("inactive"), None);
         assert!(row_of(&neg, 1, 4, None).is_err());
-        let frac = HostData::Bf16(vec![bf16::from_f32(1.5)]);
+        let frac = HostData::Bf16(vec![bf16::from_f32(1.5)].into());
         assert!(row_of(&frac, 0, 4, None).is_err());
     }
 }

@@ -12,6 +12,7 @@ pub(crate) mod norm;
 pub(crate) mod reduction;
 pub(crate) mod rotary;
 pub(crate) mod sampling;
+pub(crate) mod ternary_dot;
 
 use super::data::HostData;
 

@@ -1,0 +1,223 @@
+//! `bitnet bench`: prefill and decode speed of the real runtime path (paged cache, captured
+//! decode traces replayed, sampling on the device), peak RSS, and how close decode gets to the
+//! machine's memory bandwidth, measured in the same process.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use bitnet_layers::BitNetModel;
+use bitnet_runtime::{Event, Generator, GeneratorConfig, Request, SamplingParams};
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Prompt tokens (random ids).
+    #[arg(long, default_value_t = 128)]
+    pub prompt_len: usize,
+    /// Tokens generated after the prompt.
+    #[arg(long, default_value_t = 64)]
+    pub gen_len: usize,
+    /// Repetitions (medians are reported, with min and max).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Bytes of the bandwidth test's array (MiB).
+    #[arg(long, default_value_t = 512)]
+    pub bandwidth_mib: usize,
+}
+
+/// Read bandwidth of this machine with `threads` threads (STREAM-like sum over `bytes`), GB/s:
+/// the best of five passes.
+pub fn read_bandwidth(threads: usize, bytes: usize) -> f64 {
+    let v: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
+    let threads = threads.max(1);
+    let chunk = v.len() / threads;
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let sum = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|k| {
+                    let part = &v[k * chunk..(k + 1) * chunk];
+                    s.spawn(move || {
+                        let mut acc = [0u64; 8];
+                        for c in part.chunks_exact(8) {
+                            for i in 0..8 {
+                                acc[i] = acc[i].wrapping_add(c[i]);
+                            }
+                        }
+                        acc.iter().fold(0u64, |a, b| a.wrapping_add(*b))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .fold(0u64, u64::wrapping_add)
+        });
+        std::hint::black_box(sum);
+        best = best.max((chunk * threads * 8) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+fn status_kib(key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Peak resident memory of this process (VmHWM), bytes.
+pub fn peak_rss_bytes() -> u64 {
+    status_kib("VmHWM:").unwrap_or(0) * 1024
+}
+
+/// Resets VmHWM to the current RSS (Linux `clear_refs` 5), so a later peak covers only what
+/// follows.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+fn spread(mut v: Vec<f64>) -> Spread {
+    v.sort_by(f64::total_cmp);
+    Spread {
+        median: v[v.len() / 2],
+        min: v[0],
+        max: v[v.len() - 1],
+    }
+}
+
+/// Runs the benchmark on an already loaded model.
+pub fn run(
+    model: &BitNetModel,
+    a: &BenchArgs,
+    load_seconds: f64,
+    bandwidth: f64,
+) -> anyhow::Result<()> {
+    let threads = model.device().num_threads();
+    let mut g = Generator::new(
+        model,
+        GeneratorConfig {
+            max_batch: 1,
+            ..Default::default()
+        },
+    )?;
+    let vocab = model.config().vocab_size as u64;
+    let (mut prefill, mut decode, mut captures) = (Vec::new(), Vec::new(), 0);
+    for rep in 0..a.reps.max(1) {
+        // Random prompt ids (deterministic per repetition; speed does not depend on them).
+        let mut s = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(rep as u64 + 1);
+        let prompt: Vec<u32> = (0..a.prompt_len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % vocab) as u32
+            })
+            .collect();
+        let before = g.stats();
+        let id = g.add_request(Request {
+            prompt_ids: prompt,
+            max_new_tokens: a.gen_len,
+            sampling: SamplingParams::greedy(),
+            stop_ids: vec![],
+        })?;
+        // Step 1: the prefill (and, the first time, the decode trace's eager run and capture).
+        let mut tokens = 0;
+        for e in g.step()? {
+            if matches!(e, Event::Token { seq, .. } if seq == id) {
+                tokens += 1;
+            }
+        }
+        let mid = g.stats();
+        eprintln!(
+            "rep {}: prefill {:.1} tok/s",
+            rep + 1,
+            a.prompt_len as f64 / (mid.prefill_seconds - before.prefill_seconds)
+        );
+        prefill
+            .push(a.prompt_len as f64 / (mid.prefill_seconds - before.prefill_seconds).max(1e-9));
+        // Steady decode: replayed steps only.
+        let t = Instant::now();
+        let mut decoded = 0;
+        while g.has_work() {
+            for e in g.step()? {
+                if matches!(e, Event::Token { seq, .. } if seq == id) {
+                    decoded += 1;
+                }
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let rate = decoded as f64 / secs.max(1e-9);
+        eprintln!(
+            "rep {}: decode {rate:.1} tok/s ({} tokens after the first {tokens})",
+            rep + 1,
+            decoded
+        );
+        decode.push(rate);
+        captures = g.stats().trace_captures;
+    }
+    let prefill = spread(prefill);
+    let decode = spread(decode);
+    let weight_bytes = model.weight_bytes_per_token();
+    let ms_per_token = 1000.0 / decode.median;
+    let fraction = weight_bytes as f64 * decode.median / (bandwidth * 1e9);
+    let peak_rss = peak_rss_bytes();
+    if a.json {
+        let v = serde_json::json!({
+            "prefill_tok_s": prefill.median,
+            "prefill_tok_s_spread": prefill,
+            "decode_tok_s": decode,
+            "ms_per_token": ms_per_token,
+            "peak_rss_bytes": peak_rss,
+            "weight_bytes_per_token": weight_bytes,
+            "bandwidth_gb_s": bandwidth,
+            "bandwidth_fraction": fraction,
+            "threads": threads,
+            "prompt_len": a.prompt_len,
+            "gen_len": a.gen_len,
+            "reps": a.reps,
+            "load_seconds": load_seconds,
+            "trace_captures": captures,
+            "lm_head_dtype": format!("{:?}", model.plan().weights.lm_head),
+            "kv_cache_dtype": format!("{:?}", model.plan().weights.kv_cache),
+            "host_isa": model.device().host_isa().map(|i| format!("{i:?}")),
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "threads {threads}: prefill {:.1} tok/s (min {:.1}, max {:.1}); decode {:.1} tok/s (min {:.1}, max {:.1}), {ms_per_token:.2} ms/token",
+            prefill.median, prefill.min, prefill.max, decode.median, decode.min, decode.max
+        );
+        println!(
+            "weights {:.1} MB/token; bandwidth {bandwidth:.1} GB/s; {:.0} % of the bandwidth limit; peak RSS {:.2} GB; load {load_seconds:.1} s",
+            weight_bytes as f64 / 1e6,
+            fraction * 100.0,
+            peak_rss as f64 / 1e9
+        );
+    }
+    Ok(())
+}
+
+/// Measures bandwidth first (then frees it and resets the RSS peak), then loads the model.
+pub fn measure_then_load(
+    threads: usize,
+    bandwidth_mib: usize,
+    load: impl FnOnce() -> anyhow::Result<BitNetModel>,
+) -> anyhow::Result<(BitNetModel, f64, f64)> {
+    eprintln!("measuring read bandwidth with {threads} thread(s) over {bandwidth_mib} MiB");
+    let bandwidth = read_bandwidth(threads, bandwidth_mib << 20);
+    reset_peak_rss();
+    let t = Instant::now();
+    let model = load().context("loading the model")?;
+    Ok((model, t.elapsed().as_secs_f64(), bandwidth))
+}

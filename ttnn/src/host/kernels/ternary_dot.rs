@@ -1,0 +1,234 @@
+//! Integer dot products of int8 activations with packed ternary rows (`host::ternary` layout),
+//! for up to four activation rows at once: scalar, AVX2 and AVX-512 VNNI versions, chosen by
+//! the device's `HostIsa`. All are exact (integer sums), so every path gives the same bits.
+//!
+//! The kernels sum `code * q` with the unsigned codes `t + 1` in {0, 1, 2} (what `maddubs` /
+//! `vpdpbusd` multiply as unsigned bytes); the caller subtracts `sum(q)` to get `sum(t * q)`.
+//! Activations are padded with zeros to whole 128-value chunks.
+
+use crate::device::HostIsa;
+use crate::host::ternary::{CHUNK, CHUNK_BYTES};
+
+/// `sum_k code[k] * q[k]` over whole chunks, for each of the `R` activation rows.
+#[inline]
+pub(crate) fn dot_codes<const R: usize>(isa: HostIsa, qs: &[&[i8]; R], packed: &[u8]) -> [i32; R] {
+    debug_assert!(qs.iter().all(|q| q.len() == packed.len() * 4));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the device only selects Avx512Vnni/Avx2 after detecting the features (or
+        // refuses to open), and lengths were checked by the caller (debug-asserted above).
+        HostIsa::Avx512Vnni => unsafe { x86::dot_codes_avx512vnni(qs, packed) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        HostIsa::Avx2 => unsafe { x86::dot_codes_avx2(qs, packed) },
+        _ => dot_codes_scalar(qs, packed),
+    }
+}
+
+/// The reference: unpack each byte, multiply, add.
+pub(crate) fn dot_codes_scalar<const R: usize>(qs: &[&[i8]; R], packed: &[u8]) -> [i32; R] {
+    let mut acc = [0i32; R];
+    for (c, chunk) in packed.chunks_exact(CHUNK_BYTES).enumerate() {
+        for (j, &byte) in chunk.iter().enumerate() {
+            for i in 0..4 {
+                let code = ((byte >> (2 * i)) & 3) as i32;
+                let k = c * CHUNK + i * CHUNK_BYTES + j;
+                for r in 0..R {
+                    acc[r] += code * qs[r][k] as i32;
+                }
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{CHUNK, CHUNK_BYTES};
+
+    /// Chunks summed in 16-bit lanes before widening: each chunk adds at most
+    /// 4 * 2 * 2 * 128 = 2048 to a lane, so 8 chunks stay below 2^15.
+    const FLUSH: usize = 8;
+
+    /// # Safety
+    /// The CPU must support AVX2; `packed.len()` is a multiple of 32 and every `qs[r]` has
+    /// `4 * packed.len()` values.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dot_codes_avx2<const R: usize>(
+        qs: &[&[i8]; R],
+        packed: &[u8],
+    ) -> [i32; R] {
+        let chunks = packed.len() / CHUNK_BYTES;
+        let mask = _mm256_set1_epi8(3);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc32 = [_mm256_setzero_si256(); R];
+        let mut c = 0;
+        while c < chunks {
+            let end = (c + FLUSH).min(chunks);
+            let mut acc16 = [_mm256_setzero_si256(); R];
+            while c < end {
+                // SAFETY: c < chunks, so the 32 bytes at c * 32 are inside `packed`.
+                let w = unsafe { _mm256_loadu_si256(packed.as_ptr().add(c * CHUNK_BYTES).cast()) };
+                let codes = [
+                    _mm256_and_si256(w, mask),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(w), mask),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(w), mask),
+                    _mm256_and_si256(_mm256_srli_epi16::<6>(w), mask),
+                ];
+                for r in 0..R {
+                    // SAFETY: each q row has 4 * packed.len() = chunks * 128 values.
+                    let base = unsafe { qs[r].as_ptr().add(c * CHUNK) };
+                    let mut s = _mm256_setzero_si256();
+                    for (i, code) in codes.iter().enumerate() {
+                        // SAFETY: base + 32 i + 32 <= chunk end, inside the q row.
+                        let q = unsafe { _mm256_loadu_si256(base.add(i * CHUNK_BYTES).cast()) };
+                        // Pairs of code * q as i16 (|sum| <= 512, no saturation).
+                        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(*code, q));
+                    }
+                    acc16[r] = _mm256_add_epi16(acc16[r], s);
+                }
+                c += 1;
+            }
+            for r in 0..R {
+                acc32[r] = _mm256_add_epi32(acc32[r], _mm256_madd_epi16(acc16[r], ones));
+            }
+        }
+        let mut out = [0i32; R];
+        for r in 0..R {
+            out[r] = hsum_epi32(acc32[r]);
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn hsum_epi32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW and VNNI; same lengths as [`dot_codes_avx2`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+    pub(super) unsafe fn dot_codes_avx512vnni<const R: usize>(
+        qs: &[&[i8]; R],
+        packed: &[u8],
+    ) -> [i32; R] {
+        let chunks = packed.len() / CHUNK_BYTES;
+        let mask = _mm512_set1_epi8(3);
+        let mut acc = [_mm512_setzero_si512(); R];
+        let mut c = 0;
+        // Two chunks per 64-byte load: lanes 0-31 hold chunk c, lanes 32-63 chunk c + 1.
+        while c + 1 < chunks {
+            // SAFETY: c + 1 < chunks: 64 bytes at c * 32 are inside `packed`.
+            let w = unsafe { _mm512_loadu_si512(packed.as_ptr().add(c * CHUNK_BYTES).cast()) };
+            let codes = [
+                _mm512_and_si512(w, mask),
+                _mm512_and_si512(_mm512_srli_epi16::<2>(w), mask),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(w), mask),
+                _mm512_and_si512(_mm512_srli_epi16::<6>(w), mask),
+            ];
+            for r in 0..R {
+                // SAFETY: each q row has chunks * 128 values; chunk c + 1 ends inside it.
+                let (lo, hi) = unsafe {
+                    (
+                        qs[r].as_ptr().add(c * CHUNK),
+                        qs[r].as_ptr().add((c + 1) * CHUNK),
+                    )
+                };
+                for (i, code) in codes.iter().enumerate() {
+                    // SAFETY: 32-byte loads within chunks c and c + 1 of the q row.
+                    let q = unsafe {
+                        _mm512_inserti64x4::<1>(
+                            _mm512_castsi256_si512(_mm256_loadu_si256(
+                                lo.add(i * CHUNK_BYTES).cast(),
+                            )),
+                            _mm256_loadu_si256(hi.add(i * CHUNK_BYTES).cast()),
+                        )
+                    };
+                    acc[r] = _mm512_dpbusd_epi32(acc[r], *code, q);
+                }
+            }
+            c += 2;
+        }
+        let mut out = [0i32; R];
+        for r in 0..R {
+            out[r] = _mm512_reduce_add_epi32(acc[r]);
+        }
+        if c < chunks {
+            // The odd last chunk through the AVX2 kernel.
+            let tail_qs: [&[i8]; R] = std::array::from_fn(|r| &qs[r][c * CHUNK..]);
+            // SAFETY: AVX2 is implied by the features enabled here; lengths match the tail.
+            let t = unsafe { dot_codes_avx2(&tail_qs, &packed[c * CHUNK_BYTES..]) };
+            for r in 0..R {
+                out[r] += t[r];
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::ternary::TernaryData;
+    use proptest::prelude::*;
+
+    fn case(k: usize, seed: u64) -> (Vec<i8>, TernaryData, [Vec<i8>; 4]) {
+        let mut s = seed;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s >> 33
+        };
+        let t: Vec<i8> = (0..k).map(|_| (next() % 3) as i8 - 1).collect();
+        let packed = TernaryData::pack(&t, 1, k);
+        let kp = packed.packed.len() * 4;
+        let qs = std::array::from_fn(|_| {
+            let mut q: Vec<i8> = (0..k).map(|_| (next() % 256) as u8 as i8).collect();
+            q.resize(kp, 0);
+            q
+        });
+        (t, packed, qs)
+    }
+
+    fn want(t: &[i8], q: &[i8]) -> i32 {
+        t.iter().zip(q).map(|(&a, &b)| a as i32 * b as i32).sum()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Every path this CPU supports equals the plain reference, for 1 and 4 rows.
+        #[test]
+        fn every_isa_matches_the_reference(k in 1usize..1200, seed in any::<u64>()) {
+            let (t, packed, qs) = case(k, seed);
+            let refs: [&[i8]; 4] = std::array::from_fn(|r| qs[r].as_slice());
+            let qsum: [i32; 4] = std::array::from_fn(|r| qs[r].iter().map(|&v| v as i32).sum());
+            for isa in HostIsa::supported_list() {
+                let got4 = dot_codes(isa, &refs, &packed.packed);
+                let got1 = dot_codes(isa, &[refs[2]], &packed.packed);
+                for r in 0..4 {
+                    prop_assert_eq!(got4[r] - qsum[r], want(&t, &qs[r]), "{:?} row {}", isa, r);
+                }
+                prop_assert_eq!(got1[0] - qsum[2], want(&t, &qs[2]), "{:?} single row", isa);
+            }
+        }
+    }
+
+    #[test]
+    fn extremes_do_not_saturate() {
+        // All +1 weights and q = -128 everywhere: the largest magnitudes the kernels see.
+        let k = 128 * 20;
+        let packed = TernaryData::pack(&vec![1i8; k], 1, k);
+        let q = vec![-128i8; k];
+        for isa in HostIsa::supported_list() {
+            let got = dot_codes(isa, &[q.as_slice()], &packed.packed)[0] - (-128 * k as i32);
+            assert_eq!(got, -128 * k as i32, "{isa:?}");
+        }
+    }
+}
