@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
+use ttnn::{BackendKind, Device, DeviceSpec};
 
 /// `tests/fixtures/` of this workspace.
 pub fn fixtures_dir() -> PathBuf {
@@ -219,4 +220,40 @@ pub fn test_tokenizer_path() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The host-backed TT-NN C ABI provider (`libttnn_c_host.so`) next to the running test binary
+/// (`target/<profile>/deps/`, where cargo builds it for this package, whose dev-dependency it
+/// is) or in its parent (`target/<profile>/`, where `cargo build -p ttnn-c-host` puts it).
+/// Panics with the paths looked at and the command that builds it.
+pub fn provider_lib() -> PathBuf {
+    const LIB: &str = "libttnn_c_host.so";
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("the test binary has a directory");
+    let tried: Vec<PathBuf> = [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(LIB))
+        .collect();
+    match tried.iter().find(|p| p.is_file()) {
+        Some(p) => p.clone(),
+        None => panic!(
+            "the host-backed TT-NN C ABI provider {LIB} is missing (looked at {}); build it with `cargo build -p ttnn-c-host` (same profile and target dir as the tests)",
+            tried
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A Tenstorrent-backend device over the host-backed provider.
+pub fn provider_device() -> Device {
+    Device::open(
+        DeviceSpec::default()
+            .with_backend(BackendKind::Tenstorrent)
+            .with_ttnn_lib(provider_lib()),
+    )
+    .expect("open the provider as a Tenstorrent device")
 }

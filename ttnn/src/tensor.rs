@@ -239,9 +239,16 @@ impl Tensor {
         self.shape
     }
 
-    /// The shape as stored (tile layout pads the last two dimensions to 32).
+    /// The shape as stored (tile layout pads the last two dimensions to 32; on the Tenstorrent
+    /// backend, the padded shape TT-NN reports for the tensor).
     pub fn padded_shape(&self) -> Shape {
-        self.shape.padded(self.layout)
+        match &self.storage {
+            Storage::Device {
+                buffer: DeviceBuffer::Tt(t),
+                ..
+            } => t.padded_shape,
+            _ => self.shape.padded(self.layout),
+        }
     }
 
     pub fn dtype(&self) -> DataType {
@@ -283,14 +290,18 @@ impl Tensor {
                 ..
             } => Some(buffer.read().host_bytes() as u64),
             Storage::Device {
-                buffer: DeviceBuffer::Tt(_),
+                buffer: DeviceBuffer::Tt(t),
                 ..
             } => {
                 let dtype = match self.dtype {
                     DataType::Ternary => DataType::Bfloat4B,
                     d => d,
                 };
-                Some(crate::device::buffer_bytes(self.shape, dtype, self.layout))
+                Some(crate::device::buffer_bytes(
+                    t.padded_shape,
+                    dtype,
+                    self.layout,
+                ))
             }
         }
     }

@@ -226,12 +226,18 @@ fn ok(status: c_int) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Device
 
-/// Ops recorded by an active trace capture, and every tensor handle they used: the trace keeps
-/// those buffers alive, as the host backend's recorded commands do (on a TT device, a buffer
-/// freed after capture could be reallocated and then overwritten by each replay).
+/// An active trace capture: its id and the ops recorded so far.
+///
+/// Tensor handles are not kept for the trace: a handle dropped during capture frees its buffer
+/// in the library, whose allocator hands the address to later ops of the same capture, as
+/// TT-NN does when a model deallocates intermediates inside a traced step (the host backend
+/// models the same: a trace's working set is its live peak, which the memory plan assumes).
+/// As on TT-NN, a tensor allocated after a capture and alive across a replay may share
+/// addresses with that trace's intermediates (tt-metal warns that such allocations are
+/// unsafe); a trace's inputs and outputs are allocated before it is captured and kept by
+/// whoever replays it.
 struct Capture {
     trace_id: u32,
-    keep: Vec<Arc<TtTensor>>,
     ops: usize,
 }
 
@@ -373,13 +379,6 @@ impl TtDevice {
         self.call(op, f)
     }
 
-    /// Keeps `t` alive for the trace being captured, if any.
-    fn keep(&self, t: &Arc<TtTensor>) {
-        if let Some(c) = lock(&self.capture).as_mut() {
-            c.keep.push(Arc::clone(t));
-        }
-    }
-
     /// The id of the trace being captured, if any.
     pub(crate) fn capturing(&self) -> Option<u32> {
         lock(&self.capture).as_ref().map(|c| c.trace_id)
@@ -390,13 +389,6 @@ impl TtDevice {
             Some(trace_id) => Err(Error::TraceCaptureActive { op, trace_id }),
             None => Ok(()),
         }
-    }
-
-    /// Drops an unfinished capture's kept handles (the device is being dropped): they hold the
-    /// device, which would otherwise never close.
-    fn abandon_capture(&self) {
-        let abandoned = lock(&self.capture).take();
-        drop(abandoned);
     }
 
     fn take_deferred(&self) -> Result<()> {
@@ -432,12 +424,21 @@ impl TtDevice {
     ) -> Result<Tensor> {
         let h = t.raw.as_ptr();
         let (mut dims, mut rank) = ([0u32; 8], 0u32);
-        let (mut dt, mut lay) = (0u32, 0u32);
+        let (mut pdims, mut prank) = ([0u32; 8], 0u32);
+        let (mut dt, mut lay, mut on_device) = (0u32, 0u32, 0u8);
         let mut mc = sys::ttnn_c_memory_config::default();
         // SAFETY: `h` is the live handle owned by `t`; every out-pointer is a local of the
-        // right type (the shape array has TTNN_C_MAX_RANK entries).
+        // right type (the shape arrays have TTNN_C_MAX_RANK entries).
         self.call(op, |api, _| unsafe {
+            let s = api.ttnn_c_tensor_is_on_device(h, &mut on_device);
+            if !ok(s) {
+                return s;
+            }
             let s = api.ttnn_c_tensor_shape(h, dims.as_mut_ptr(), &mut rank);
+            if !ok(s) {
+                return s;
+            }
+            let s = api.ttnn_c_tensor_padded_shape(h, pdims.as_mut_ptr(), &mut prank);
             if !ok(s) {
                 return s;
             }
@@ -449,9 +450,22 @@ impl TtDevice {
             if !ok(s) {
                 return s;
             }
+            if on_device == 0 {
+                // A host tensor has no memory config; reported below.
+                return sys::TTNN_C_STATUS_OK as c_int;
+            }
             api.ttnn_c_tensor_memory_config(h, &mut mc)
         })?;
+        if on_device == 0 {
+            return Err(Error::Backend {
+                op,
+                backend: BACKEND,
+                message: "the library returned a host tensor where a device tensor was expected"
+                    .into(),
+            });
+        }
         let shape = convert::shape_from(op, &dims, rank)?;
+        t.padded_shape = convert::shape_from(op, &pdims, prank)?;
         let mut dtype = convert::dtype_from(op, dt)?;
         if ternary && dtype == DataType::Bfloat4B {
             dtype = DataType::Ternary;
@@ -459,7 +473,6 @@ impl TtDevice {
         let layout = convert::layout_from(op, lay)?;
         t.memory_config = convert::memory_config_from(op, &mc)?;
         let t = Arc::new(t);
-        self.keep(&t);
         Ok(Tensor::from_parts(
             shape,
             dtype,
@@ -482,12 +495,12 @@ impl TtDevice {
             dev: Arc::clone(self),
             raw,
             memory_config: DRAM_MEMORY_CONFIG,
+            padded_shape: Shape::new(&[]),
         })
     }
 
-    /// A tensor handle from host data: on this device under `mc` (`Some`), or a host tensor
-    /// (`None`). Block floats and Ternary pass f32 values, as the ABI specifies, and are
-    /// quantized by the library (Ternary as BFLOAT4_B, exact for -1, 0, +1).
+    /// A host tensor handle from host data. Block floats and Ternary pass f32 values, as the ABI
+    /// specifies, and are quantized by the library (Ternary as BFLOAT4_B, exact for -1, 0, +1).
     fn from_host(
         self: &Arc<Self>,
         op: &'static str,
@@ -495,7 +508,6 @@ impl TtDevice {
         shape: Shape,
         dtype: DataType,
         layout: Layout,
-        mc: Option<&MemoryConfig>,
     ) -> Result<TtTensor> {
         let decoded: Vec<f32>;
         let (ptr, nbytes): (*const c_void, usize) = match data {
@@ -514,13 +526,11 @@ impl TtDevice {
             }
         };
         let (dims, rank) = convert::shape(op, shape)?;
-        let c_mc = mc.map(|m| convert::memory_config(op, m)).transpose()?;
         let mut out: *mut sys::ttnn_c_tensor = std::ptr::null_mut();
-        let on_device = mc.is_some();
         // SAFETY: `ptr` points to `nbytes` readable bytes of `data` (or of `decoded`), both alive
-        // for the call; `dims` has `rank` valid entries; the memory config is a local or null;
-        // the device handle is live; `out` is a local.
-        self.call_op(op, |api, d| unsafe {
+        // for the call; `dims` has `rank` valid entries; no device and no memory config (a host
+        // tensor); `out` is a local.
+        self.call_op(op, |api, _| unsafe {
             api.ttnn_c_tensor_from_host(
                 ptr,
                 nbytes,
@@ -528,8 +538,8 @@ impl TtDevice {
                 dims.as_ptr(),
                 rank,
                 convert::layout(layout),
-                if on_device { d } else { std::ptr::null_mut() },
-                opt(&c_mc),
+                std::ptr::null_mut(),
+                std::ptr::null(),
                 &mut out,
             )
         })?;
@@ -549,8 +559,18 @@ impl TtDevice {
         mc: &MemoryConfig,
     ) -> Result<Tensor> {
         self.ensure_not_capturing(op)?;
-        let t = self.from_host(op, data, shape, dtype, layout, Some(mc))?;
-        self.wrap_owned(device, op, t, dtype == DataType::Ternary)
+        // As TT-NN's `from_torch` then `to_device`: a host tensor, then the move.
+        let host = self.from_host(op, data, shape, dtype, layout)?;
+        let h = host.raw.as_ptr();
+        let c_mc = convert::memory_config(op, mc)?;
+        let mut out: *mut sys::ttnn_c_tensor = std::ptr::null_mut();
+        // SAFETY: a live host tensor handle, the live device handle, a memory config in a local
+        // and an out-pointer to a local.
+        self.call_op(op, |api, d| unsafe {
+            api.ttnn_c_tensor_to_device(h, d, &c_mc, &mut out)
+        })?;
+        drop(host);
+        self.wrap(device, op, out, dtype == DataType::Ternary)
     }
 
     /// Overwrites a device tensor's buffer with host data of the same spec
@@ -565,7 +585,7 @@ impl TtDevice {
         dst: &TtTensor,
     ) -> Result<()> {
         self.ensure_not_capturing(op)?;
-        let src = self.from_host(op, data, shape, dtype, layout, None)?;
+        let src = self.from_host(op, data, shape, dtype, layout)?;
         let (s, d) = (src.raw.as_ptr(), dst.raw.as_ptr());
         // SAFETY: both handles are live (`src` owned here, `dst` borrowed) and distinct.
         self.call_op(op, |api, _| unsafe { api.ttnn_c_copy_host_to_device(s, d) })
@@ -574,14 +594,22 @@ impl TtDevice {
     /// Reads a device tensor back into host storage of `dtype` (block floats and Ternary come
     /// back as f32 and are re-encoded, which is exact for values read from those formats).
     pub(crate) fn read(
-        &self,
+        self: &Arc<Self>,
         op: &'static str,
         t: &TtTensor,
         shape: Shape,
         dtype: DataType,
     ) -> Result<HostData> {
         self.ensure_not_capturing(op)?;
-        let h = t.raw.as_ptr();
+        // As TT-NN's `cpu()` then `to_torch`: a blocking move to a host tensor, then its bytes.
+        let d = t.raw.as_ptr();
+        let mut out: *mut sys::ttnn_c_tensor = std::ptr::null_mut();
+        // SAFETY: a live device tensor handle and an out-pointer to a local.
+        self.call(op, |api, _| unsafe {
+            api.ttnn_c_tensor_from_device(d, 1, &mut out)
+        })?;
+        let host = self.own(op, out)?;
+        let h = host.raw.as_ptr();
         let (mut dt, mut count, mut nbytes) = (0u32, 0u64, 0u64);
         // SAFETY: a live handle and out-pointers to locals.
         self.call(op, |api, _| unsafe {
@@ -680,7 +708,6 @@ impl TtDevice {
         })?;
         *cap = Some(Capture {
             trace_id: id,
-            keep: Vec::new(),
             ops: 0,
         });
         Ok(id)
@@ -720,13 +747,12 @@ impl TtDevice {
         let c = cap.take();
         drop(cap);
         ended?;
-        let (keep, ops) = c.map(|c| (c.keep, c.ops)).unwrap_or_default();
+        let ops = c.map_or(0, |c| c.ops);
         self.live_traces.fetch_add(1, Ordering::Relaxed);
         Ok(TtTrace {
             dev: Arc::clone(self),
             id: trace_id,
             ops,
-            _keep: keep,
         })
     }
 
@@ -823,12 +849,6 @@ impl std::fmt::Debug for TtBackend {
     }
 }
 
-impl Drop for TtBackend {
-    fn drop(&mut self) {
-        self.dev.abandon_capture();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tensor handles and traces
 
@@ -836,7 +856,10 @@ impl Drop for TtBackend {
 pub(crate) struct TtTensor {
     dev: Arc<TtDevice>,
     raw: NonNull<sys::ttnn_c_tensor>,
+    /// As the library reports them when the handle is wrapped (they do not change: ops that
+    /// change them return new handles).
     pub(crate) memory_config: MemoryConfig,
+    pub(crate) padded_shape: Shape,
 }
 
 // SAFETY: the handle points to a heap `ttnn::Tensor` (a reference-counted view of a device
@@ -870,14 +893,11 @@ impl TtTensor {
     }
 }
 
-/// A captured trace of the Tenstorrent backend: its id, released on drop, and the tensor handles
-/// the captured ops used.
+/// A captured trace of the Tenstorrent backend: its id (released on drop) and its op count.
 pub(crate) struct TtTrace {
     dev: Arc<TtDevice>,
     id: u32,
     ops: usize,
-    /// Freed after the release (fields drop after `Drop::drop`).
-    _keep: Vec<Arc<TtTensor>>,
 }
 
 impl TtTrace {
@@ -919,7 +939,7 @@ impl<'a> Tt<'a> {
     }
 
     /// The raw handle of `t`, a tensor of this device (validated by the op before dispatch),
-    /// kept alive by an active trace capture. Valid while `t` is borrowed.
+    /// valid while `t` is borrowed.
     pub(crate) fn h(
         &self,
         op: &'static str,
@@ -934,7 +954,6 @@ impl<'a> Tt<'a> {
                 expected: "the same device as the first input",
             });
         }
-        self.dev.keep(tt);
         Ok(tt.raw.as_ptr())
     }
 

@@ -50,7 +50,7 @@ fn u32_opt(op: &'static str, what: &str, v: Option<usize>) -> Result<Option<u32>
 
 impl Tt<'_> {
     /// Runs an op with one output handle and keeps it as an intermediate of a composed op (freed
-    /// when dropped; kept by an active capture, whose replays write it).
+    /// when dropped, also during a capture: later ops of the capture may reuse its memory).
     fn inter(
         &self,
         op: &'static str,
@@ -58,9 +58,7 @@ impl Tt<'_> {
     ) -> Result<Arc<TtTensor>> {
         let mut out: Raw = null_mut();
         self.call(op, |api, _| f(api, &mut out))?;
-        let t = Arc::new(self.dev.own(op, out)?);
-        self.dev.keep(&t);
-        Ok(t)
+        Ok(Arc::new(self.dev.own(op, out)?))
     }
 
     /// Runs an op with one output handle and wraps it as the op's result.
