@@ -257,3 +257,42 @@ pub fn provider_device() -> Device {
     )
     .expect("open the provider as a Tenstorrent device")
 }
+
+/// The device the device test suite (`tests/tests/device.rs`) runs on, from `BITNET_DEVICE`:
+/// - unset or `provider`: the Tenstorrent backend over the host-backed provider of the TT-NN C
+///   ABI ([`provider_lib`]): how CI runs the suite;
+/// - `tt`: the Tenstorrent backend over the real shim, found as `Device::open` finds it
+///   (`TTNN_C_LIB`, next to the test binary, under `TT_METAL_HOME`): how `cargo xtask test-hw`
+///   runs it on a card;
+/// - `host`: the host backend.
+pub fn device_under_test() -> Device {
+    match std::env::var("BITNET_DEVICE").as_deref() {
+        Ok("provider") | Err(_) => provider_device(),
+        Ok("tt") => Device::open(DeviceSpec::default().with_backend(BackendKind::Tenstorrent))
+            .unwrap_or_else(|e| panic!("BITNET_DEVICE=tt: {e}")),
+        Ok("host") => {
+            Device::open(DeviceSpec::default().with_threads(2)).expect("open host device")
+        }
+        Ok(other) => panic!("BITNET_DEVICE={other}: expected provider, tt or host"),
+    }
+}
+
+/// Pearson correlation of two equally long series (tt_transformers' PCC); 1 for two constant
+/// series that are equal.
+pub fn pcc(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let n = a.len() as f64;
+    let ma = a.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let mb = b.iter().sum::<f64>() / n;
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (dx, dy) = (x as f64 - ma, y - mb);
+        sab += dx * dy;
+        saa += dx * dx;
+        sbb += dy * dy;
+    }
+    if saa == 0.0 || sbb == 0.0 {
+        return if saa == sbb && ma == mb { 1.0 } else { 0.0 };
+    }
+    sab / (saa.sqrt() * sbb.sqrt())
+}
