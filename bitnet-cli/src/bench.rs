@@ -255,5 +255,11 @@ pub fn load_timed(
     reset_peak_rss();
     let t = Instant::now();
     let model = load().context("loading the model")?;
-    Ok((model, t.elapsed().as_secs_f64()))
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "loaded in {secs:.1} s; RSS {:.2} GB (peak while loading {:.2} GB)",
+        status_kib("VmRSS:").unwrap_or(0) as f64 * 1024.0 / 1e9,
+        peak_rss_bytes() as f64 / 1e9
+    );
+    Ok((model, secs))
 }

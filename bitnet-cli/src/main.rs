@@ -466,7 +466,20 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Large allocations (weights, KV cache, load-time scratch) straight from `mmap`, so memory
+/// freed after loading goes back to the system at once. glibc otherwise raises its mmap
+/// threshold after the first large free and serves later large blocks from the heap, where
+/// freed scratch between live weights stays resident (about 35 MB on the 2B-4T shape).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,

@@ -79,8 +79,8 @@ impl Attention {
         k.permute_for_rope(hd);
         let o = TernaryWeight::load(&w.pp("o_proj"), h, nh * hd, cfg)?;
         Ok(Self {
-            qkv_proj: BitLinear::fused(device, &[q, k, v])?,
-            o_proj: BitLinear::new(device, &o)?,
+            qkv_proj: BitLinear::fused(device, vec![q, k, v])?,
+            o_proj: BitLinear::new(device, o)?,
             attn_sub_norm: RmsNorm::load(
                 &w.pp("attn_sub_norm"),
                 device,

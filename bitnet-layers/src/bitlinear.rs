@@ -30,13 +30,16 @@ fn mode_of(rule: ScaleRule) -> WeightScaleMode {
 
 impl BitLinear {
     /// One layer.
-    pub fn new(device: &Device, w: &TernaryWeight) -> Result<Self> {
-        Self::fused(device, std::slice::from_ref(w))
+    pub fn new(device: &Device, w: TernaryWeight) -> Result<Self> {
+        Self::fused(device, vec![w])
     }
 
     /// Layers sharing an input, stacked along the output dimension (`[Σ out, in]`): each keeps
     /// its own scale, so the outputs equal the separate layers' bit for bit.
-    pub fn fused(device: &Device, parts: &[TernaryWeight]) -> Result<Self> {
+    ///
+    /// Takes the parts by value: their codes move (one part) or are copied part by part, each
+    /// freed once copied, so loading holds as few transient copies as possible.
+    pub fn fused(device: &Device, parts: Vec<TernaryWeight>) -> Result<Self> {
         let first = parts
             .first()
             .ok_or_else(|| Error::InvalidInput("BitLinear::fused: no layers".into()))?;
@@ -50,35 +53,51 @@ impl BitLinear {
             ));
         }
         let out_features: usize = parts.iter().map(|p| p.out_features).sum();
-        let mut values = Vec::with_capacity(out_features * in_features);
-        for p in parts {
-            values.extend_from_slice(&p.values);
-        }
+        let (scale, mode) = (first.scale, mode_of(first.rule));
+        let row_scales: Vec<f32> = parts
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.scale, p.out_features))
+            .collect();
+        let fused = parts.len() > 1;
+        let values = if fused {
+            let mut values = Vec::with_capacity(out_features * in_features);
+            for p in parts {
+                values.extend_from_slice(&p.values);
+            }
+            values
+        } else {
+            parts
+                .into_iter()
+                .next()
+                .map(|p| p.values)
+                .unwrap_or_default()
+        };
         let weight = Tensor::from_vec(
             values,
             [out_features, in_features],
             DataType::Ternary,
             Layout::Tile,
         )?
-        .to_device(device, &DRAM_MEMORY_CONFIG)?;
-        let scales = if parts.len() > 1 {
-            let s: Vec<f32> = parts
-                .iter()
-                .flat_map(|p| std::iter::repeat_n(p.scale, p.out_features))
-                .collect();
+        .into_device(device, &DRAM_MEMORY_CONFIG)?;
+        let scales = if fused {
             // A [1, N] tile row: the Tenstorrent backend multiplies it into the output as a
             // row broadcast without re-tiling it at every call (the host reads any layout).
             Some(
-                Tensor::from_vec(s, [1, out_features], DataType::Float32, Layout::Tile)?
-                    .into_device(device, &DRAM_MEMORY_CONFIG)?,
+                Tensor::from_vec(
+                    row_scales,
+                    [1, out_features],
+                    DataType::Float32,
+                    Layout::Tile,
+                )?
+                .into_device(device, &DRAM_MEMORY_CONFIG)?,
             )
         } else {
             None
         };
         Ok(Self {
             weight,
-            scale: first.scale,
-            mode: mode_of(first.rule),
+            scale,
+            mode,
             scales,
             in_features,
             out_features,

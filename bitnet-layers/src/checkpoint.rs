@@ -185,11 +185,17 @@ impl Checkpoint {
     /// the mapping stays valid (a later read faults the pages back in from the page cache), but
     /// loading a model no longer holds every checkpoint byte resident at once.
     pub fn release(&self, name: &str) {
+        self.release_prefix(name, usize::MAX);
+    }
+
+    /// [`Self::release`] for the first `nbytes` bytes of `name` only.
+    pub fn release_prefix(&self, name: &str, nbytes: usize) {
         let Some(&fi) = self.index.get(name) else {
             return;
         };
         let f = &self.files[fi];
         let (start, end) = f.tensors[name].data_offsets;
+        let end = end.min(start.saturating_add(nbytes));
         let page = 4096;
         let from = (f.data_start + start).div_ceil(page) * page;
         let to = (f.data_start + end) / page * page;

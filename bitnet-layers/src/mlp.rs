@@ -24,16 +24,10 @@ impl Mlp {
     pub fn load(w: &Weights<'_>, device: &Device, cfg: &BitNetConfig) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: BitLinear::new(
-                device,
-                &TernaryWeight::load(&w.pp("gate_proj"), i, h, cfg)?,
-            )?,
-            up_proj: BitLinear::new(device, &TernaryWeight::load(&w.pp("up_proj"), i, h, cfg)?)?,
+            gate_proj: BitLinear::new(device, TernaryWeight::load(&w.pp("gate_proj"), i, h, cfg)?)?,
+            up_proj: BitLinear::new(device, TernaryWeight::load(&w.pp("up_proj"), i, h, cfg)?)?,
             ffn_sub_norm: RmsNorm::load(&w.pp("ffn_sub_norm"), device, i, cfg.rms_norm_eps)?,
-            down_proj: BitLinear::new(
-                device,
-                &TernaryWeight::load(&w.pp("down_proj"), h, i, cfg)?,
-            )?,
+            down_proj: BitLinear::new(device, TernaryWeight::load(&w.pp("down_proj"), h, i, cfg)?)?,
         })
     }
 

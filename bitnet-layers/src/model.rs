@@ -90,7 +90,15 @@ fn float_tensor(
                 return Ok(shared);
             }
         }
-        return Ok(Tensor::from_bf16_bytes(t.data, shape, dtype, layout)?);
+        // Pages already converted leave resident memory as the conversion goes (the tied
+        // lm_head reads the whole 656 MB table of 2B-4T once).
+        return Ok(Tensor::from_bf16_bytes_with_progress(
+            t.data,
+            shape,
+            dtype,
+            layout,
+            &mut |done| ckpt.release_prefix(name, done),
+        )?);
     }
     Ok(Tensor::from_vec(to_f32(name, &t)?, shape, dtype, layout)?)
 }

@@ -73,22 +73,33 @@ impl TernaryWeight {
         }
         check_shape(&name, t.shape, &[out / 4, inp])?;
         let rows = out / 4;
+        // A code 3 (both bits of a pair set) is not a ternary value; checked in one pass that
+        // vectorizes, then located for the message.
+        let bad = t.data[..rows * inp]
+            .iter()
+            .fold(0u8, |acc, &b| acc | (b & (b >> 1) & 0x55));
+        if bad != 0 {
+            let at = t.data[..rows * inp]
+                .iter()
+                .position(|&b| b & (b >> 1) & 0x55 != 0)
+                .unwrap_or(0);
+            return Err(Error::TensorValue {
+                name,
+                reason: format!(
+                    "packed byte ({}, {}) holds code 3, which is not a ternary value",
+                    at / inp,
+                    at % inp
+                ),
+            });
+        }
+        // Byte (r, c) holds rows i * rows + r (bits 2i..2i+1) of column c: unpack one
+        // destination row at a time so both sides stream.
         let mut values = vec![0i8; out * inp];
-        for r in 0..rows {
-            for c in 0..inp {
-                let byte = t.data[r * inp + c];
-                for i in 0..4 {
-                    let code = (byte >> (2 * i)) & 3;
-                    if code == 3 {
-                        return Err(Error::TensorValue {
-                            name,
-                            reason: format!(
-                                "packed byte ({r}, {c}) holds code 3, which is not a ternary value"
-                            ),
-                        });
-                    }
-                    values[(i * rows + r) * inp + c] = code as i8 - 1;
-                }
+        for (dst_row, dst) in values.chunks_exact_mut(inp.max(1)).enumerate() {
+            let (i, r) = (dst_row / rows, dst_row % rows);
+            let src = &t.data[r * inp..(r + 1) * inp];
+            for (d, &b) in dst.iter_mut().zip(src) {
+                *d = ((b >> (2 * i)) & 3) as i8 - 1;
             }
         }
         let scale_name = w.name("weight_scale");

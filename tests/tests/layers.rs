@@ -81,7 +81,7 @@ fn bitlinear_layers_reproduce_hf_from_both_checkpoint_forms() {
                 tw.scale,
                 ws[0]
             );
-            let got = BitLinear::new(&dev, &tw)
+            let got = BitLinear::new(&dev, tw.clone())
                 .expect("layer")
                 .forward(&x_dev, &f32_cfg())
                 .expect("forward");

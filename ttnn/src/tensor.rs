@@ -203,10 +203,23 @@ impl Tensor {
         dtype: DataType,
         layout: Layout,
     ) -> Result<Self> {
+        Self::from_bf16_bytes_with_progress(bytes, shape, dtype, layout, &mut |_| {})
+    }
+
+    /// [`Self::from_bf16_bytes`], calling `progress(n)` as the conversion goes once the first
+    /// `n` bytes of `bytes` are no longer needed (so a caller converting from a mapped file can
+    /// drop those pages from memory while a large table converts).
+    pub fn from_bf16_bytes_with_progress(
+        bytes: &[u8],
+        shape: impl Into<Shape>,
+        dtype: DataType,
+        layout: Layout,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Self> {
         let op = "Tensor::from_bf16_bytes";
         let shape = shape.into();
         check_tile_dtype(op, dtype, layout)?;
-        let data = HostData::from_bf16_bytes(op, bytes, dtype, shape)?;
+        let data = HostData::from_bf16_bytes(op, bytes, dtype, shape, progress)?;
         Ok(Self::from_parts(
             shape,
             dtype,

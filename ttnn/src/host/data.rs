@@ -274,6 +274,7 @@ impl HostData {
         bytes: &[u8],
         dtype: DataType,
         shape: Shape,
+        progress: &mut dyn FnMut(usize),
     ) -> Result<Self> {
         if bytes.len() != 2 * shape.volume() {
             return Err(Error::arg(
@@ -302,12 +303,18 @@ impl HostData {
                 let (rows, len) = (shape.rows(), shape.last());
                 let mut b = BlockFloatData::zeros(format, rows, len);
                 let mut row = vec![0f32; len];
+                // Report progress about every 16 MiB of source.
+                let every = ((16 << 20) / (2 * len.max(1))).max(1);
                 for (r, src) in bytes.chunks_exact(2 * len.max(1)).enumerate().take(rows) {
                     for (d, s) in row.iter_mut().zip(src.chunks_exact(2)) {
                         *d = val(s).to_f32();
                     }
                     b.encode_row(r, &row);
+                    if (r + 1) % every == 0 {
+                        progress((r + 1) * 2 * len);
+                    }
                 }
+                progress(bytes.len());
                 Self::Block(b)
             }
             other => {
@@ -462,8 +469,16 @@ impl Element for bf16 {
     }
 }
 
+fn not_i8<T>(_: &[T]) -> Option<&[i8]> {
+    None
+}
+
 macro_rules! int_element {
     ($t:ty, $name:literal) => {
+        int_element!($t, $name, not_i8::<$t>);
+    };
+    // `$as_i8` views the values as i8 when they are (the fast ternary packing path).
+    ($t:ty, $name:literal, $as_i8:expr) => {
         impl Element for $t {
             const NAME: &'static str = $name;
             fn into_host_data(
@@ -478,7 +493,10 @@ macro_rules! int_element {
                         return Err(conv(op, $name, dtype, format!("{bad} is not -1, 0 or 1")));
                     }
                     let mut t = TernaryData::zeros(shape.rows(), shape.last());
-                    t.pack_from(v.iter().map(|&x| x as i8));
+                    match ($as_i8)(v) {
+                        Some(v8) => t.pack_slice(v8),
+                        None => t.pack_from(v.iter().map(|&x| x as i8)),
+                    }
                     return Ok(HostData::Ternary(t));
                 }
                 let ints: Vec<i64> = v.iter().map(|&x| x as i64).collect();
@@ -513,7 +531,7 @@ int_element!(u32, "u32");
 int_element!(i32, "i32");
 int_element!(u16, "u16");
 int_element!(u8, "u8");
-int_element!(i8, "i8");
+int_element!(i8, "i8", Some::<&[i8]>);
 
 #[cfg(test)]
 mod tests {

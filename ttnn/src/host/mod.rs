@@ -105,16 +105,23 @@ impl HostDevice {
             backend: "host",
             message: format!("cannot start {threads} worker threads: {e}"),
         })?;
+        // The spec's choice, else `BITNET_HOST_ISA` (a value that does not parse is an error,
+        // not a silent fallback to another path), else the best this CPU supports.
         let isa = match spec.host_isa {
-            Some(isa) if !isa.is_supported() => {
-                return Err(Error::arg(
-                    "Device::open",
-                    format!("this CPU cannot run the {isa:?} kernels"),
-                ));
-            }
             Some(isa) => isa,
-            None => HostIsa::detect(),
+            None => match std::env::var("BITNET_HOST_ISA") {
+                Ok(v) => v.parse::<HostIsa>().map_err(|e| {
+                    Error::arg("Device::open", format!("BITNET_HOST_ISA={v:?}: {e}"))
+                })?,
+                Err(_) => HostIsa::detect(),
+            },
         };
+        if !isa.is_supported() {
+            return Err(Error::arg(
+                "Device::open",
+                format!("this CPU cannot run the {isa:?} kernels"),
+            ));
+        }
         Ok(Self {
             pool,
             isa,

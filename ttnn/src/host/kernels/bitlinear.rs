@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::eltwise::SendPtr;
 use super::ternary_dot::dot_codes;
 use super::{read_f32, write_f32};
+use crate::device::HostIsa;
 use crate::error::{Error, Result};
 use crate::host::data::HostData;
 use crate::host::ternary::TernaryData;
@@ -40,6 +41,72 @@ pub(crate) fn quantize_row_int8(x: &[f32], q: &mut [i8]) -> f32 {
     s
 }
 
+/// [`quantize_row_int8`] on the device's ISA: the AVX2 version gives the same bits (max is
+/// exact in any order; the product, the half-to-even rounding and the clamp are the same
+/// operations).
+#[inline]
+pub(crate) fn quantize_row_int8_isa(isa: HostIsa, x: &[f32], q: &mut [i8]) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the device only selects Avx2/Avx512Vnni after detecting AVX2.
+        HostIsa::Avx2 | HostIsa::Avx512Vnni => unsafe { x86::quantize_row_int8_avx2(x, q) },
+        _ => quantize_row_int8(x, q),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn quantize_row_int8_avx2(x: &[f32], q: &mut [i8]) -> f32 {
+        assert!(q.len() >= x.len(), "q row shorter than x");
+        let n8 = x.len() / 8 * 8;
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        let mut nan = _mm256_setzero_ps();
+        for i in (0..n8).step_by(8) {
+            // SAFETY: i + 8 <= n8 <= x.len().
+            let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v));
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds 8 values.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
+        let tail = &x[n8..];
+        let absmax = tail.iter().chain(&lanes).fold(0f32, |a, v| a.max(v.abs()));
+        // NaN or Inf inputs (where `f32::max` and `as i8` treat NaN differently from the vector
+        // max and conversion) go to the reference, which defines the result.
+        if _mm256_movemask_ps(nan) != 0 || tail.iter().any(|v| v.is_nan()) || absmax.is_infinite() {
+            return super::quantize_row_int8(x, q);
+        }
+        let s = (1.0f32 / absmax.max(1e-5)) * 127.0;
+        let sv = _mm256_set1_ps(s);
+        let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+        for i in (0..n8).step_by(8) {
+            // SAFETY: i + 8 <= n8 <= x.len() <= q.len().
+            unsafe {
+                let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i)), sv);
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                let c = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+                let w = _mm256_cvtps_epi32(c);
+                // 8 i32 in [-128, 127] -> 8 i8 (saturating packs are exact here).
+                let p16 =
+                    _mm_packs_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+                let p8 = _mm_packs_epi16(p16, p16);
+                _mm_storel_epi64(q.as_mut_ptr().add(i).cast(), p8);
+            }
+        }
+        for (qv, &xv) in q[n8..].iter_mut().zip(&x[n8..]) {
+            *qv = (xv * s).round_ties_even().clamp(-128.0, 127.0) as i8;
+        }
+        s
+    }
+}
+
 /// The output value of an exact accumulator for a row with scale `s`.
 #[inline]
 fn dequant(acc: i32, s: f32, weight_scale: f32, mode: WeightScaleMode) -> f32 {
@@ -62,7 +129,7 @@ fn quantize_rows(
 ) {
     let rows = scales.len();
     let one = |r: usize, qr: &mut [i8], s: &mut f32, qs: &mut i32| {
-        *s = quantize_row_int8(&x[r * k..(r + 1) * k], &mut qr[..k]);
+        *s = quantize_row_int8_isa(ctx.isa, &x[r * k..(r + 1) * k], &mut qr[..k]);
         qr[k..].fill(0);
         *qs = qr[..k].iter().map(|&v| v as i32).sum();
     };
@@ -222,7 +289,7 @@ pub(crate) struct QuantizeCmd {
 }
 
 impl HostCommand for QuantizeCmd {
-    fn run(&mut self, _ctx: &HostCtx<'_>) -> Result<()> {
+    fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
         let (rows, k) = (self.rows, self.k);
         let gi = self.input.read();
         let x = read_f32(&gi, &mut self.sx);
@@ -238,7 +305,7 @@ impl HostCommand for QuantizeCmd {
         self.qrow.clear();
         self.qrow.resize(k, 0);
         for r in 0..rows {
-            s[r] = quantize_row_int8(&x[r * k..(r + 1) * k], &mut self.qrow);
+            s[r] = quantize_row_int8_isa(ctx.isa, &x[r * k..(r + 1) * k], &mut self.qrow);
             for (d, &v) in q[r * k..(r + 1) * k].iter_mut().zip(&self.qrow) {
                 *d = v as i32;
             }
@@ -263,6 +330,31 @@ mod tests {
         let s = quantize_row_int8(&[0.0; 3], &mut q);
         assert_eq!(s, 1.27e7);
         assert_eq!(q, [0; 3]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Every ISA's quantizer gives the reference's codes and scale, including ties, values
+        /// past the clamp, zeros, Inf and NaN.
+        #[test]
+        fn every_isa_quantizes_as_the_reference(
+            v in proptest::collection::vec(-300.0f32..300.0, 0..200),
+            special in 0usize..5,
+            at in 0usize..200,
+        ) {
+            let mut x = v;
+            if let Some(e) = x.get_mut(at) {
+                *e = [0.0, f32::INFINITY, f32::NAN, 127.5, -0.5][special];
+            }
+            let mut want = vec![0i8; x.len()];
+            let s_want = quantize_row_int8(&x, &mut want);
+            for isa in HostIsa::supported_list() {
+                let mut got = vec![0i8; x.len()];
+                let s = quantize_row_int8_isa(isa, &x, &mut got);
+                proptest::prop_assert_eq!(s.to_bits(), s_want.to_bits());
+                proptest::prop_assert_eq!(&got, &want, "{:?}", isa);
+            }
+        }
     }
 
     #[test]

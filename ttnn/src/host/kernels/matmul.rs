@@ -3,24 +3,25 @@
 //!
 //! Two loops, chosen by how B is stored:
 //! - `transpose_b` (B stored `[N, K]`, e.g. the tied-embedding lm_head): every stored row of B is
-//!   one output column's K weights, so each output element is one [`dot_row`] of an A row with a
-//!   B row, decoding block-float groups on the fly. Parallel over N.
+//!   one output column's K weights, so each output element is one dot product of an A row with a
+//!   B row (`dense_dot`: SIMD, decoding block-float groups on the fly, two A rows per pass over
+//!   the B row). Parallel over N.
 //! - otherwise (B stored `[K, N]`): an axpy loop over K for a band of output columns, decoding one
 //!   band of each B row at a time. Parallel over (batch, band).
 //!
 //! Each output element's arithmetic is fixed (which products, in which order), whatever the
 //! number of rows, the thread count or the task split: results are batch invariant and
-//! deterministic. SIMD versions can replace [`dot_row`] (and the axpy) without touching the
-//! command or the op.
+//! deterministic. Every ISA gives the same bits (`dense_dot`'s canonical order).
 
 use std::sync::Arc;
 
 use half::bf16;
 
+use super::dense_dot::{RowRef, dot_rows};
 use super::eltwise::{SendPtr, apply_unary};
 use super::{read_f32, write_f32};
 use crate::error::{Error, Result};
-use crate::host::blockfloat::{BlockFloatData, BlockFormat, GROUP, decode_value, group_scale};
+use crate::host::blockfloat::{BlockFloatData, GROUP};
 use crate::host::data::HostData;
 use crate::host::{HostBuffer, HostCommand, HostCtx};
 use crate::ops::eltwise::UnaryOp;
@@ -31,11 +32,6 @@ const PAR_MIN_WORK: usize = 1 << 16;
 const TASK_MIN_WORK: usize = 1 << 14;
 /// Output columns per band in the `[K, N]` loop (a multiple of the block-float group).
 const BAND: usize = 64;
-/// Independent accumulators of [`dot_row`]: the canonical summation order (products of
-/// k ≡ j mod LANES go to lane j; lanes are then added pairwise), which is also what an 8-wide
-/// SIMD kernel does.
-const LANES: usize = 8;
-
 /// Sizes and flags of one matmul, as validated by the op.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct MatmulDims {
@@ -50,20 +46,6 @@ pub(crate) struct MatmulDims {
     pub transpose_a: bool,
     /// B is stored `[..., N, K]`.
     pub transpose_b: bool,
-}
-
-/// One stored row of B in its storage form.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum RowRef<'a> {
-    F32(&'a [f32]),
-    Bf16(&'a [bf16]),
-    /// A block-float row: `exps` has one shared exponent per group of 16, `mants` 16 signed
-    /// mantissas per group (zero past the row's end).
-    Block {
-        format: BlockFormat,
-        exps: &'a [u8],
-        mants: &'a [i8],
-    },
 }
 
 /// B's storage, with row access.
@@ -96,127 +78,6 @@ impl<'a> BView<'a> {
                     format: b.format,
                     exps: &b.exps[r * g..(r + 1) * g],
                     mants: &b.mants[r * g * GROUP..(r + 1) * g * GROUP],
-                }
-            }
-        }
-    }
-}
-
-/// Eight running sums; see [`LANES`].
-#[derive(Clone, Copy)]
-struct Lanes([f32; LANES]);
-
-impl Lanes {
-    #[inline]
-    fn new() -> Self {
-        Self([0.0; LANES])
-    }
-
-    /// Adds `x[i] * w[i]`. The slices must start at a multiple of `LANES` in K, and only the
-    /// last call of a dot product may have a length that is not a multiple of `LANES`.
-    #[inline]
-    fn add(&mut self, x: &[f32], w: &[f32]) {
-        let mut xc = x.chunks_exact(LANES);
-        let mut wc = w.chunks_exact(LANES);
-        for (xs, ws) in (&mut xc).zip(&mut wc) {
-            for j in 0..LANES {
-                self.0[j] += xs[j] * ws[j];
-            }
-        }
-        for (j, (xv, wv)) in xc.remainder().iter().zip(wc.remainder()).enumerate() {
-            self.0[j] += xv * wv;
-        }
-    }
-
-    #[inline]
-    fn sum(self) -> f32 {
-        let a = self.0;
-        let s = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
-        (s[0] + s[2]) + (s[1] + s[3])
-    }
-}
-
-/// `sum_k x[k] * w[k]` for f32 weights, in the canonical order.
-#[inline]
-pub(crate) fn dot_f32(x: &[f32], w: &[f32]) -> f32 {
-    let mut acc = Lanes::new();
-    acc.add(x, &w[..x.len()]);
-    acc.sum()
-}
-
-/// `sum_k x[k] * w[k]` for bf16 weights (widened exactly to f32), in the canonical order.
-#[inline]
-pub(crate) fn dot_bf16(x: &[f32], w: &[bf16]) -> f32 {
-    const CHUNK: usize = 8 * LANES;
-    let mut acc = Lanes::new();
-    let mut buf = [0f32; CHUNK];
-    for (xs, ws) in x.chunks(CHUNK).zip(w.chunks(CHUNK)) {
-        for (d, s) in buf.iter_mut().zip(ws) {
-            *d = s.to_f32();
-        }
-        acc.add(xs, &buf[..xs.len()]);
-    }
-    acc.sum()
-}
-
-/// `sum_k x[k] * w[k]` for a block-float row, decoding each group of 16 on the fly
-/// (`w = mant * group_scale`, exactly the decoded value), in the canonical order.
-#[inline]
-pub(crate) fn dot_block(x: &[f32], format: BlockFormat, exps: &[u8], mants: &[i8]) -> f32 {
-    let mut acc = Lanes::new();
-    let mut buf = [0f32; GROUP];
-    for ((xs, &e), ms) in x.chunks(GROUP).zip(exps).zip(mants.chunks_exact(GROUP)) {
-        if e == 255 {
-            // Inf/NaN groups decode through the device's bit assembly.
-            for (d, &m) in buf.iter_mut().zip(ms) {
-                *d = decode_value(format, e, m);
-            }
-        } else {
-            let scale = group_scale(format, e);
-            for (d, &m) in buf.iter_mut().zip(ms) {
-                *d = m as f32 * scale;
-            }
-        }
-        acc.add(xs, &buf[..xs.len()]);
-    }
-    acc.sum()
-}
-
-/// `sum_k x[k] * b_row[k]` over `x.len()` values of one stored B row, in the canonical order.
-#[inline]
-pub(crate) fn dot_row(x: &[f32], b_row: RowRef<'_>) -> f32 {
-    match b_row {
-        RowRef::F32(w) => dot_f32(x, w),
-        RowRef::Bf16(w) => dot_bf16(x, w),
-        RowRef::Block {
-            format,
-            exps,
-            mants,
-        } => dot_block(x, format, exps, mants),
-    }
-}
-
-/// Values `start..start + out.len()` of a stored row as f32 (`start` a multiple of 16).
-#[inline]
-fn load_band(row: RowRef<'_>, start: usize, out: &mut [f32]) {
-    match row {
-        RowRef::F32(w) => out.copy_from_slice(&w[start..start + out.len()]),
-        RowRef::Bf16(w) => {
-            for (d, s) in out.iter_mut().zip(&w[start..]) {
-                *d = s.to_f32();
-            }
-        }
-        RowRef::Block {
-            format,
-            exps,
-            mants,
-        } => {
-            let g0 = start / GROUP;
-            for (i, chunk) in out.chunks_mut(GROUP).enumerate() {
-                let g = g0 + i;
-                let e = exps[g];
-                for (d, &m) in chunk.iter_mut().zip(&mants[g * GROUP..]) {
-                    *d = decode_value(format, e, m);
                 }
             }
         }
@@ -344,15 +205,28 @@ fn rows_kernel(
             let (bi, j) = (col / n, col % n);
             let b_row = b.row(if d.bcast_b { j } else { bi * n + j }, k);
             let bias_j = bias.map(|v| v[j]);
-            for mm in 0..m {
+            let a_row = |mm: usize| {
                 let row = bi * m + mm;
-                let v = epilogue(dot_row(&a[row * k..(row + 1) * k], b_row), bias_j, acts);
-                let idx = row * n + j;
+                &a[row * k..(row + 1) * k]
+            };
+            let store = |mm: usize, acc: f32| {
+                let idx = (bi * m + mm) * n + j;
                 debug_assert!(idx < out_len);
                 // SAFETY: `idx < batch * M * N == out_len`; each (row, j) pair belongs to
                 // exactly one column `col`, and the columns of different tasks are disjoint, so
                 // no two tasks write the same element; `o` outlives the parallel region.
-                unsafe { *out.get().add(idx) = v };
+                unsafe { *out.get().add(idx) = epilogue(acc, bias_j, acts) };
+            };
+            // Rows in pairs: one decode of the weight row serves both (same bits as alone).
+            let mut mm = 0;
+            while mm + 2 <= m {
+                let v = dot_rows(ctx.isa, &[a_row(mm), a_row(mm + 1)], b_row);
+                store(mm, v[0]);
+                store(mm + 1, v[1]);
+                mm += 2;
+            }
+            if mm < m {
+                store(mm, dot_rows(ctx.isa, &[a_row(mm)], b_row)[0]);
             }
         }
     };
@@ -400,7 +274,7 @@ fn bands_kernel(
         let mut buf = [0f32; BAND];
         for kk in 0..k {
             let b_band = &mut buf[..w];
-            load_band(b.row(b_batch * k + kk, n), n0, b_band);
+            b.row(b_batch * k + kk, n).decode_into(n0, b_band);
             for mm in 0..m {
                 let x = a[(bi * m + mm) * k + kk];
                 for (acc, &wv) in out_row(mm).iter_mut().zip(b_band.iter()) {
@@ -427,59 +301,18 @@ fn bands_kernel(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
+    use crate::host::blockfloat::BlockFormat;
 
     #[test]
-    fn dot_kinds_agree_with_decoded_f32() {
-        let mut s = 7u64;
-        for k in [1usize, 7, 8, 15, 16, 17, 63, 64, 65, 200] {
-            let x: Vec<f32> = (0..k).map(|_| lcg(&mut s)).collect();
-            let w: Vec<f32> = (0..k).map(|_| lcg(&mut s) * 3.0).collect();
-            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-            let wbf: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
-            assert_eq!(dot_bf16(&x, &wb).to_bits(), dot_f32(&x, &wbf).to_bits());
-            for format in [BlockFormat::Bfp8, BlockFormat::Bfp4] {
-                let blk = BlockFloatData::encode(format, &w, 1, k);
-                let dec = blk.decode();
-                let got = dot_row(
-                    &x,
-                    RowRef::Block {
-                        format,
-                        exps: &blk.exps,
-                        mants: &blk.mants,
-                    },
-                );
-                assert_eq!(got.to_bits(), dot_f32(&x, &dec).to_bits(), "k={k}");
-            }
-            let exact: f64 = x.iter().zip(&w).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let bound: f64 = x
-                .iter()
-                .zip(&w)
-                .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                .sum();
-            assert!((dot_f32(&x, &w) as f64 - exact).abs() <= bound * k as f64 * 6e-8 + 1e-30);
-        }
-    }
-
-    #[test]
-    fn load_band_matches_decode() {
-        let mut s = 3u64;
-        let w: Vec<f32> = (0..100).map(|_| lcg(&mut s)).collect();
+    fn band_decode_matches_decode() {
+        let w: Vec<f32> = (0..100)
+            .map(|i| ((i * 37) % 23) as f32 * 0.37 - 4.0)
+            .collect();
         let blk = BlockFloatData::encode(BlockFormat::Bfp8, &w, 1, 100);
         let dec = blk.decode();
-        let row = RowRef::Block {
-            format: BlockFormat::Bfp8,
-            exps: &blk.exps,
-            mants: &blk.mants,
-        };
+        let row = BView::Block(&blk).row(0, 100);
         let mut out = [0f32; 36];
-        load_band(row, 64, &mut out);
+        row.decode_into(64, &mut out);
         assert_eq!(&out[..], &dec[64..100]);
     }
 }

@@ -4,6 +4,7 @@
 pub(crate) mod attention;
 pub(crate) mod bitlinear;
 pub(crate) mod data_movement;
+pub(crate) mod dense_dot;
 pub(crate) mod eltwise;
 pub(crate) mod embedding;
 pub(crate) mod kv_cache;

@@ -1,0 +1,172 @@
+//! Micro-benchmarks of the host backend's main kernels on BitNet b1.58 2B-4T shapes, through
+//! the public ops (so op overhead is included, as in the model).
+//!
+//! `cargo bench -p ttnn --bench kernels` (add `-- <filter>` to pick one). Weight-streaming
+//! kernels report bytes of weights read per second (GB/s: compare with the machine's memory
+//! bandwidth); compute-bound ones report operations per second (2 per multiply-add; criterion
+//! prints them as elem/s, i.e. Gelem/s = GOP/s). `BITNET_HOST_ISA=scalar|avx2|avx512vnni`
+//! forces a kernel path; `BITNET_BENCH_THREADS` sets the device's threads (default 1).
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ttnn::experimental::{BitLinearArgs, bitlinear};
+use ttnn::transformer::{PagedSdpaDecodeArgs, paged_scaled_dot_product_attention_decode};
+use ttnn::{
+    DRAM_MEMORY_CONFIG, DataType, Device, DeviceSpec, Layout, LinearArgs, RmsNormArgs, Tensor,
+    linear, rms_norm,
+};
+
+const HIDDEN: usize = 2560;
+const FFN: usize = 6912;
+
+fn device() -> Device {
+    let threads = std::env::var("BITNET_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    Device::open(DeviceSpec::default().with_threads(threads)).expect("open the host device")
+}
+
+/// Deterministic values in [-1, 1).
+fn vals(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn upload<T: ttnn::Element>(dev: &Device, v: &[T], shape: &[usize], dtype: DataType) -> Tensor {
+    Tensor::from_slice(v, shape, dtype, Layout::Tile)
+        .and_then(|t| t.to_device(dev, &DRAM_MEMORY_CONFIG))
+        .expect("upload")
+}
+
+/// Ternary x int8 GEMV (decode, bandwidth) and GEMM (prefill of 128 tokens, compute) on the
+/// FFN gate shape.
+fn ternary(c: &mut Criterion) {
+    let dev = device();
+    let t: Vec<i8> = vals(FFN * HIDDEN, 3)
+        .iter()
+        .map(|&v| (v * 1.5).round().clamp(-1.0, 1.0) as i8)
+        .collect();
+    let w = upload(&dev, &t, &[FFN, HIDDEN], DataType::Ternary);
+    let args = BitLinearArgs {
+        weight_scale: 0.5,
+        ..Default::default()
+    };
+    let mut g = c.benchmark_group("bitlinear_gemv_GBps");
+    g.throughput(Throughput::BytesDecimal((FFN * HIDDEN / 4) as u64));
+    let x = upload(&dev, &vals(HIDDEN, 1), &[1, HIDDEN], DataType::Float32);
+    g.bench_function(BenchmarkId::new("ffn_gate", "m1"), |b| {
+        b.iter(|| black_box(bitlinear(&x, &w, &args).expect("bitlinear")))
+    });
+    // A weight that stays in L2 (410 KB): the kernel's compute rate, without DRAM.
+    let small = upload(&dev, &t[..640 * HIDDEN], &[640, HIDDEN], DataType::Ternary);
+    g.throughput(Throughput::BytesDecimal((640 * HIDDEN / 4) as u64));
+    g.bench_function(BenchmarkId::new("in_cache_640", "m1"), |b| {
+        b.iter(|| black_box(bitlinear(&x, &small, &args).expect("bitlinear")))
+    });
+    g.finish();
+    let mut g = c.benchmark_group("bitlinear_gemm_GOPs");
+    g.sample_size(10);
+    for m in [32usize, 128] {
+        g.throughput(Throughput::Elements((2 * m * FFN * HIDDEN) as u64));
+        let x = upload(&dev, &vals(m * HIDDEN, 2), &[m, HIDDEN], DataType::Float32);
+        g.bench_function(BenchmarkId::new("ffn_gate", format!("m{m}")), |b| {
+            b.iter(|| black_box(bitlinear(&x, &w, &args).expect("bitlinear")))
+        });
+    }
+    g.finish();
+}
+
+/// The lm_head GEMV (B stored [N, K], as the tied embedding) on a quarter of the vocabulary
+/// (larger than any cache, so it streams from memory as the full one does).
+fn lm_head(c: &mut Criterion) {
+    let dev = device();
+    let n = 128256 / 4;
+    let wv = vals(n * HIDDEN, 5);
+    let x = upload(&dev, &vals(HIDDEN, 6), &[1, HIDDEN], DataType::Float32);
+    let args = LinearArgs {
+        transpose_b: true,
+        ..Default::default()
+    };
+    let mut g = c.benchmark_group("lm_head_gemv_GBps");
+    g.sample_size(20);
+    for (name, dtype, bytes_per_value) in [
+        ("bfp8_b", DataType::Bfloat8B, 1.0 + 1.0 / 16.0),
+        ("bfp4_b", DataType::Bfloat4B, 1.0 + 1.0 / 16.0),
+        ("bf16", DataType::Bfloat16, 2.0),
+    ] {
+        let w = upload(&dev, &wv, &[n, HIDDEN], dtype);
+        let stored = (n * HIDDEN) as f64 * bytes_per_value;
+        g.throughput(Throughput::BytesDecimal(stored as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(linear(&x, &w, &args).expect("linear")))
+        });
+    }
+    g.finish();
+}
+
+/// RMSNorm of one decode row and of a 128-token prefill.
+fn norm(c: &mut Criterion) {
+    let dev = device();
+    let gamma = upload(&dev, &vals(HIDDEN, 7), &[1, HIDDEN], DataType::Float32);
+    let args = RmsNormArgs {
+        weight: Some(&gamma),
+        ..Default::default()
+    };
+    let mut g = c.benchmark_group("rms_norm_GBps");
+    for m in [1usize, 128] {
+        g.throughput(Throughput::BytesDecimal((m * HIDDEN * 4) as u64));
+        let x = upload(&dev, &vals(m * HIDDEN, 8), &[m, HIDDEN], DataType::Float32);
+        g.bench_function(BenchmarkId::from_parameter(m), |b| {
+            b.iter(|| black_box(rms_norm(&x, &args).expect("rms_norm")))
+        });
+    }
+    g.finish();
+}
+
+/// Paged SDPA decode for one user: 20 query heads over 5 KV heads of 128, f32 cache, at two
+/// sequence lengths (bytes = the K and V read).
+fn attention(c: &mut Criterion) {
+    let dev = device();
+    let (nh, nkv, hd, block) = (20usize, 5usize, 128usize, 32usize);
+    let mut g = c.benchmark_group("paged_sdpa_decode_GBps");
+    for len in [256usize, 2048] {
+        let blocks = len / block;
+        let kv = vals(blocks * nkv * block * hd, 9);
+        let k = upload(&dev, &kv, &[blocks, nkv, block, hd], DataType::Float32);
+        let v = upload(&dev, &kv, &[blocks, nkv, block, hd], DataType::Float32);
+        let pt: Vec<i32> = (0..blocks as i32).collect();
+        let pt = Tensor::from_slice(&pt, [1, blocks], DataType::Int32, Layout::RowMajor)
+            .and_then(|t| t.to_device(&dev, &DRAM_MEMORY_CONFIG))
+            .expect("page table");
+        let cur = Tensor::from_slice(&[len as i32 - 1], [1], DataType::Int32, Layout::RowMajor)
+            .and_then(|t| t.to_device(&dev, &DRAM_MEMORY_CONFIG))
+            .expect("cur_pos");
+        let q = upload(&dev, &vals(nh * hd, 10), &[1, 1, nh, hd], DataType::Float32);
+        let args = PagedSdpaDecodeArgs {
+            cur_pos_tensor: Some(&cur),
+            ..Default::default()
+        };
+        g.throughput(Throughput::BytesDecimal((2 * len * nkv * hd * 4) as u64));
+        g.bench_function(BenchmarkId::from_parameter(len), |b| {
+            b.iter(|| {
+                black_box(
+                    paged_scaled_dot_product_attention_decode(&q, &k, &v, &pt, &args)
+                        .expect("sdpa"),
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, ternary, lm_head, norm, attention);
+criterion_main!(benches);

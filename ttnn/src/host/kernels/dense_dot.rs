@@ -1,0 +1,385 @@
+//! Dot products of f32 activation rows with one stored weight row (f32, bf16 or block float):
+//! the inner loop of `linear` / `matmul` with B stored `[N, K]`, such as the tied lm_head.
+//! Scalar reference and AVX2 versions, chosen by the device's `HostIsa` (the AVX-512 host uses
+//! the AVX2 version: these loops are bound by memory, not by vector width).
+//!
+//! The canonical order, which every path follows so that all give the same bits: the product
+//! `x[k] * w[k]` is rounded to f32 (no fused multiply-add), then added to lane `k mod 32` in
+//! increasing k; the 32 lanes are reduced by [`reduce`]. Thirty-two lanes are four independent
+//! 8-wide accumulators, which hides the latency of the additions. A weight is decoded exactly
+//! (`bf16` widens; a block-float value is `mantissa * 2^(exp - bias)`), so the result does not
+//! depend on the weight format beyond the decoded values.
+//!
+//! Several activation rows share one pass over the weights (the weight row is decoded once
+//! per 32 values for all of them); each row's arithmetic is unchanged, so results are the same
+//! whatever the number of rows: batch invariance.
+
+use half::bf16;
+
+use crate::device::HostIsa;
+use crate::host::blockfloat::{BlockFormat, GROUP, decode_value, group_scale};
+
+/// Accumulation lanes of the canonical order.
+pub(crate) const LANES: usize = 32;
+
+/// One stored row of B in its storage form.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RowRef<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    /// A block-float row: `exps` has one shared exponent per group of 16, `mants` 16 signed
+    /// mantissas per group (zero past the row's end).
+    Block {
+        format: BlockFormat,
+        exps: &'a [u8],
+        mants: &'a [i8],
+    },
+}
+
+impl RowRef<'_> {
+    /// Values `start..start + out.len()` as f32 (`start` a multiple of 16).
+    #[inline]
+    pub(crate) fn decode_into(self, start: usize, out: &mut [f32]) {
+        match self {
+            Self::F32(w) => out.copy_from_slice(&w[start..start + out.len()]),
+            Self::Bf16(w) => {
+                for (d, s) in out.iter_mut().zip(&w[start..]) {
+                    *d = s.to_f32();
+                }
+            }
+            Self::Block {
+                format,
+                exps,
+                mants,
+            } => {
+                debug_assert_eq!(start % GROUP, 0);
+                let g0 = start / GROUP;
+                for (i, chunk) in out.chunks_mut(GROUP).enumerate() {
+                    let g = g0 + i;
+                    let e = exps[g];
+                    let ms = &mants[g * GROUP..];
+                    if e == 255 {
+                        // Inf/NaN groups decode through the device's bit assembly.
+                        for (d, &m) in chunk.iter_mut().zip(ms) {
+                            *d = decode_value(format, e, m);
+                        }
+                    } else {
+                        let scale = group_scale(format, e);
+                        for (d, &m) in chunk.iter_mut().zip(ms) {
+                            *d = m as f32 * scale;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The canonical reduction of the 32 lanes.
+#[inline]
+pub(crate) fn reduce(l: &[f32; LANES]) -> f32 {
+    let mut s8 = [0f32; 8];
+    for j in 0..8 {
+        s8[j] = (l[j] + l[j + 8]) + (l[j + 16] + l[j + 24]);
+    }
+    let s4 = [s8[0] + s8[4], s8[1] + s8[5], s8[2] + s8[6], s8[3] + s8[7]];
+    (s4[0] + s4[2]) + (s4[1] + s4[3])
+}
+
+/// `sum_k xs[r][k] * w[k]` for each of the `R` rows (all of the same length, at most the
+/// row's), in the canonical order.
+#[inline]
+pub(crate) fn dot_rows<const R: usize>(isa: HostIsa, xs: &[&[f32]; R], w: RowRef<'_>) -> [f32; R] {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the device only selects Avx2/Avx512Vnni after detecting AVX2 (or refuses to
+        // open); `dot_rows_avx2` checks the lengths it relies on.
+        HostIsa::Avx2 | HostIsa::Avx512Vnni => unsafe { x86::dot_rows_avx2(xs, w) },
+        _ => dot_rows_scalar(xs, w),
+    }
+}
+
+/// The reference: decode 32 weights at a time, multiply, add to the lanes.
+pub(crate) fn dot_rows_scalar<const R: usize>(xs: &[&[f32]; R], w: RowRef<'_>) -> [f32; R] {
+    let k = xs.first().map_or(0, |x| x.len());
+    let mut lanes = [[0f32; LANES]; R];
+    let mut buf = [0f32; LANES];
+    let mut start = 0;
+    while start < k {
+        let len = LANES.min(k - start);
+        w.decode_into(start, &mut buf[..len]);
+        for r in 0..R {
+            let x = &xs[r][start..start + len];
+            for i in 0..len {
+                lanes[r][i] += x[i] * buf[i];
+            }
+        }
+        start += len;
+    }
+    lanes.map(|l| reduce(&l))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{GROUP, LANES, RowRef, dot_rows_scalar, reduce};
+
+    /// Weights `start..start + 32` of a block-float row as four vectors of 8, for groups whose
+    /// scale `2^(exp - 127 - shift)` is a normal f32 (checked by the caller): the scale is then
+    /// the bit pattern `(exp - shift) << 23`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `exps` has groups `start / 16` and `start / 16 + 1`, `mants`
+    /// their 32 mantissas.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn block32(exps: *const u8, mants: *const i8, shift: i32, start: usize) -> [__m256; 4] {
+        let g = start / GROUP;
+        // SAFETY: within the row (caller).
+        let (e0, e1, m0, m1) = unsafe {
+            (
+                *exps.add(g) as i32,
+                *exps.add(g + 1) as i32,
+                _mm_loadu_si128(mants.add(start).cast()),
+                _mm_loadu_si128(mants.add(start + GROUP).cast()),
+            )
+        };
+        let s0 = _mm256_castsi256_ps(_mm256_set1_epi32((e0 - shift) << 23));
+        let s1 = _mm256_castsi256_ps(_mm256_set1_epi32((e1 - shift) << 23));
+        let f = |m: __m128i| {
+            (
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(m)),
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(m))),
+            )
+        };
+        let ((a, b), (c, d)) = (f(m0), f(m1));
+        // Exact, as the scalar `m as f32 * scale`.
+        [
+            _mm256_mul_ps(a, s0),
+            _mm256_mul_ps(b, s0),
+            _mm256_mul_ps(c, s1),
+            _mm256_mul_ps(d, s1),
+        ]
+    }
+
+    /// The canonical order with four 8-wide accumulators per row (lane `8q + j` is
+    /// accumulator q's element j); the last partial chunk of 32 goes through the scalar loop.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dot_rows_avx2<const R: usize>(
+        xs: &[&[f32]; R],
+        w: RowRef<'_>,
+    ) -> [f32; R] {
+        let k = xs.first().map_or(0, |x| x.len());
+        assert!(xs.iter().all(|x| x.len() == k), "rows of unequal length");
+        let stored = match w {
+            RowRef::F32(v) => v.len(),
+            RowRef::Bf16(v) => v.len(),
+            RowRef::Block { exps, mants, .. } => (exps.len() * GROUP).min(mants.len()),
+        };
+        assert!(k <= stored, "activation rows longer than the weight row");
+        let full = k / LANES;
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        // One loop per weight form (the decode inlined into it), each chunk of 32 weights
+        // decoded once for all R rows.
+        macro_rules! chunks {
+            (|$start:ident| $decode:expr) => {
+                for c in 0..full {
+                    let $start = c * LANES;
+                    let wv: [__m256; 4] = $decode;
+                    for r in 0..R {
+                        let p = xs[r].as_ptr();
+                        for q in 0..4 {
+                            // SAFETY: start + 8q + 8 <= k == xs[r].len().
+                            let x = unsafe { _mm256_loadu_ps(p.add($start + 8 * q)) };
+                            acc[r][q] = _mm256_add_ps(acc[r][q], _mm256_mul_ps(x, wv[q]));
+                        }
+                    }
+                }
+            };
+        }
+        match w {
+            RowRef::F32(v) => {
+                let p = v.as_ptr();
+                chunks!(|start| {
+                    // SAFETY: start + 32 <= k <= v.len().
+                    unsafe {
+                        [
+                            _mm256_loadu_ps(p.add(start)),
+                            _mm256_loadu_ps(p.add(start + 8)),
+                            _mm256_loadu_ps(p.add(start + 16)),
+                            _mm256_loadu_ps(p.add(start + 24)),
+                        ]
+                    }
+                })
+            }
+            RowRef::Bf16(v) => {
+                let p = v.as_ptr();
+                // bf16 is an f32's top half: widening is a zero-extension and a shift.
+                let widen = |q: usize, start: usize| {
+                    // SAFETY: 8 values at start + 8q, start + 32 <= k <= v.len().
+                    let h = unsafe { _mm_loadu_si128(p.add(start + 8 * q).cast()) };
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+                };
+                chunks!(|start| [
+                    widen(0, start),
+                    widen(1, start),
+                    widen(2, start),
+                    widen(3, start)
+                ])
+            }
+            RowRef::Block {
+                format,
+                exps,
+                mants,
+            } => {
+                // Groups with an Inf/NaN exponent or a subnormal scale (rare: huge or tiny
+                // weights, all-zero groups) send the row to the reference loop, which gives the
+                // same bits; the vector loop then has no branch and no call.
+                let shift = format.mant_bits() as i32 - 1;
+                // min/max folds vectorize (a short-circuiting `all` does not).
+                let used = &exps[..full * LANES / GROUP];
+                let lo = used.iter().fold(u8::MAX, |a, &e| a.min(e));
+                let hi = used.iter().fold(0u8, |a, &e| a.max(e));
+                if !used.is_empty() && (lo as i32 <= shift || hi == 255) {
+                    return dot_rows_scalar(xs, w);
+                }
+                let (ep, mp) = (exps.as_ptr(), mants.as_ptr());
+                // SAFETY: groups start/16 and start/16 + 1 and their mantissas lie within
+                // start + 32 <= stored.
+                chunks!(|start| unsafe { block32(ep, mp, shift, start) })
+            }
+        }
+        let mut lanes = [[0f32; LANES]; R];
+        for r in 0..R {
+            for q in 0..4 {
+                // SAFETY: lanes[r] has 32 values; 8q + 8 <= 32.
+                unsafe { _mm256_storeu_ps(lanes[r].as_mut_ptr().add(8 * q), acc[r][q]) };
+            }
+        }
+        let start = full * LANES;
+        if start < k {
+            let len = k - start;
+            let mut buf = [0f32; LANES];
+            w.decode_into(start, &mut buf[..len]);
+            for r in 0..R {
+                let x = &xs[r][start..];
+                for i in 0..len {
+                    lanes[r][i] += x[i] * buf[i];
+                }
+            }
+        }
+        lanes.map(|l| reduce(&l))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::blockfloat::BlockFloatData;
+    use proptest::prelude::*;
+
+    fn vals(n: usize, seed: u64, spread: f32) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * spread
+            })
+            .collect()
+    }
+
+    /// Every weight form on every supported ISA gives the reference's bits, for 1, 2 and 3
+    /// activation rows, and a row's result does not depend on the rows decoded with it.
+    fn check(k: usize, seed: u64, spread: f32) {
+        let x = [0, 1, 2].map(|i| vals(k, seed ^ (i + 11), 1.0));
+        let w = vals(k, seed, spread);
+        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let blocks =
+            [BlockFormat::Bfp8, BlockFormat::Bfp4].map(|f| BlockFloatData::encode(f, &w, 1, k));
+        let mut rows = vec![RowRef::F32(&w), RowRef::Bf16(&wb)];
+        for b in &blocks {
+            rows.push(RowRef::Block {
+                format: b.format,
+                exps: &b.exps,
+                mants: &b.mants,
+            });
+        }
+        for row in rows {
+            let want = dot_rows_scalar(&[&x[0][..], &x[1], &x[2]], row);
+            let one = dot_rows_scalar(&[&x[1][..]], row);
+            assert_eq!(one[0].to_bits(), want[1].to_bits());
+            // The reference against an f64 sum of the decoded products.
+            let mut dec = vec![0f32; k];
+            row.decode_into(0, &mut dec);
+            let exact: f64 = x[0]
+                .iter()
+                .zip(&dec)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum();
+            let bound: f64 = x[0]
+                .iter()
+                .zip(&dec)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            assert!((want[0] as f64 - exact).abs() <= bound * 1e-6 + 1e-30);
+            for isa in HostIsa::supported_list() {
+                let got3 = dot_rows(isa, &[&x[0][..], &x[1], &x[2]], row);
+                let got1 = dot_rows(isa, &[&x[2][..]], row);
+                let got2 = dot_rows(isa, &[&x[0][..], &x[1]], row);
+                for r in 0..3 {
+                    assert_eq!(
+                        got3[r].to_bits(),
+                        want[r].to_bits(),
+                        "{isa:?} k={k} {row:?}"
+                    );
+                }
+                assert_eq!(got1[0].to_bits(), want[2].to_bits(), "{isa:?}");
+                assert_eq!(
+                    got2.map(f32::to_bits),
+                    [want[0].to_bits(), want[1].to_bits()]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn edge_lengths() {
+        for k in [0usize, 1, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 200, 2560] {
+            check(k, k as u64 + 5, 3.0);
+        }
+    }
+
+    #[test]
+    fn tiny_and_huge_weights() {
+        // Subnormal group scales and an Inf/NaN-exponent group take the scalar decode.
+        check(96, 9, 1e-38);
+        let k = 64;
+        let x = vals(k, 1, 1.0);
+        let mut w = vals(k, 2, 1.0);
+        w[20] = f32::INFINITY;
+        let b = BlockFloatData::encode(BlockFormat::Bfp8, &w, 1, k);
+        let row = RowRef::Block {
+            format: b.format,
+            exps: &b.exps,
+            mants: &b.mants,
+        };
+        let want = dot_rows_scalar(&[&x[..]], row)[0];
+        for isa in HostIsa::supported_list() {
+            assert_eq!(dot_rows(isa, &[&x[..]], row)[0].to_bits(), want.to_bits());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn every_isa_matches_the_reference(k in 0usize..1500, seed in any::<u64>(), e in -20i32..20) {
+            check(k, seed, 2f32.powi(e));
+        }
+    }
+}
