@@ -96,13 +96,38 @@ fn spread(mut v: Vec<f64>) -> Spread {
     }
 }
 
+/// The memory bandwidth decode is measured against, GB/s.
+#[derive(Clone, Copy, Debug)]
+pub enum Bandwidth {
+    /// This machine's read bandwidth, measured in-process (host backend).
+    HostRead(f64),
+    /// The card's peak DRAM bandwidth from its specification (Tenstorrent backend).
+    DevicePeak(f64),
+}
+
+impl Bandwidth {
+    fn gb_s(self) -> f64 {
+        match self {
+            Self::HostRead(v) | Self::DevicePeak(v) => v,
+        }
+    }
+
+    fn source(self) -> &'static str {
+        match self {
+            Self::HostRead(_) => "host_read_test",
+            Self::DevicePeak(_) => "device_dram_peak",
+        }
+    }
+}
+
 /// Runs the benchmark on an already loaded model.
 pub fn run(
     model: &BitNetModel,
     a: &BenchArgs,
     load_seconds: f64,
-    bandwidth: f64,
+    bw: Bandwidth,
 ) -> anyhow::Result<()> {
+    let bandwidth = bw.gb_s();
     let threads = model.device().num_threads();
     let mut g = Generator::new(
         model,
@@ -181,6 +206,8 @@ pub fn run(
             "peak_rss_bytes": peak_rss,
             "weight_bytes_per_token": weight_bytes,
             "bandwidth_gb_s": bandwidth,
+            "bandwidth_source": bw.source(),
+            "backend": model.device().backend().name(),
             "bandwidth_fraction": fraction,
             "threads": threads,
             "prompt_len": a.prompt_len,
@@ -190,7 +217,7 @@ pub fn run(
             "trace_captures": captures,
             "lm_head_dtype": format!("{:?}", model.plan().weights.lm_head),
             "kv_cache_dtype": format!("{:?}", model.plan().weights.kv_cache),
-            "host_isa": format!("{:?}", model.device().host_isa()),
+            "host_isa": model.device().host_isa().map(|i| format!("{i:?}")),
         });
         println!("{v}");
     } else {
@@ -199,8 +226,9 @@ pub fn run(
             prefill.median, prefill.min, prefill.max, decode.median, decode.min, decode.max
         );
         println!(
-            "weights {:.1} MB/token; bandwidth {bandwidth:.1} GB/s; {:.0} % of the bandwidth limit; peak RSS {:.2} GB; load {load_seconds:.1} s",
+            "weights {:.1} MB/token; bandwidth {bandwidth:.1} GB/s ({}); {:.0} % of the bandwidth limit; peak RSS {:.2} GB; load {load_seconds:.1} s",
             weight_bytes as f64 / 1e6,
+            bw.source(),
             fraction * 100.0,
             peak_rss as f64 / 1e9
         );
@@ -216,6 +244,14 @@ pub fn measure_then_load(
 ) -> anyhow::Result<(BitNetModel, f64, f64)> {
     eprintln!("measuring read bandwidth with {threads} thread(s) over {bandwidth_mib} MiB");
     let bandwidth = read_bandwidth(threads, bandwidth_mib << 20);
+    let (model, secs) = load_timed(load)?;
+    Ok((model, secs, bandwidth))
+}
+
+/// Resets the RSS peak, then loads the model; returns it and the load time in seconds.
+pub fn load_timed(
+    load: impl FnOnce() -> anyhow::Result<BitNetModel>,
+) -> anyhow::Result<(BitNetModel, f64)> {
     reset_peak_rss();
     let t = Instant::now();
     let model = load().context("loading the model")?;
@@ -225,5 +261,5 @@ pub fn measure_then_load(
         status_kib("VmRSS:").unwrap_or(0) as f64 * 1024.0 / 1e9,
         peak_rss_bytes() as f64 / 1e9
     );
-    Ok((model, secs, bandwidth))
+    Ok((model, secs))
 }

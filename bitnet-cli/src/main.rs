@@ -17,7 +17,7 @@ use bitnet_layers::{
 use bitnet_runtime::chat::{Message, encode_chat};
 use bitnet_runtime::hub::{ResolveOptions, resolve_model};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ttnn::{ChipSpec, Device, DeviceSpec};
+use ttnn::{BackendKind, ChipSpec, Device, DeviceSpec};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,14 +45,18 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Summarise a model; with --plan, print its memory plan.
     Info(InfoArgs),
-    /// Describe the devices this build can open (the host backend models a Tenstorrent chip).
-    Devices,
+    /// Describe the devices this build can open (the host backend models a Tenstorrent chip)
+    /// and where the Tenstorrent backend's library would be found.
+    Devices(DevicesArgs),
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Backend {
     /// The CPU, modelling a Tenstorrent chip.
     Host,
+    /// A Tenstorrent card through TT-NN: loads the shim libttnn_c.so (--tt-lib, else
+    /// $TTNN_C_LIB, else next to this executable, else under $TT_METAL_HOME).
+    Tt,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -68,12 +72,23 @@ struct DeviceOpts {
     /// Backend that runs the ops.
     #[arg(long, value_enum, default_value = "host")]
     device: Backend,
-    /// Chip the host backend models (memory sizes and core grid).
+    /// Chip the host backend models (memory sizes and core grid); with --device tt, the card's
+    /// figures used in reports (the core grid is the card's own).
     #[arg(long, value_enum, default_value = "n150")]
     chip: Chip,
-    /// Host kernel threads (default: one per physical core).
+    /// Host kernel threads (default: one per physical core; host backend only).
     #[arg(long)]
     threads: Option<usize>,
+    /// The TT-NN shim library (libttnn_c.so) for --device tt; the only path tried when given.
+    #[arg(long, value_name = "PATH")]
+    tt_lib: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct DevicesArgs {
+    /// The TT-NN shim library to report on (as --tt-lib of the other commands).
+    #[arg(long, value_name = "PATH")]
+    tt_lib: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -181,19 +196,33 @@ struct InfoArgs {
     json: bool,
 }
 
-fn open_device(d: &DeviceOpts) -> anyhow::Result<Device> {
-    let chip = match d.chip {
+fn chip_spec(c: Chip) -> ChipSpec {
+    match c {
         Chip::N150 => ChipSpec::wormhole_n150(),
         Chip::P150a => ChipSpec::blackhole_p150a(),
-    };
-    let mut spec = DeviceSpec::default().with_chip(chip);
+    }
+}
+
+fn open_device(d: &DeviceOpts) -> anyhow::Result<Device> {
+    let mut spec = DeviceSpec::default().with_chip(chip_spec(d.chip));
     match d.device {
-        Backend::Host => {}
+        Backend::Host => {
+            if d.tt_lib.is_some() {
+                bail!("--tt-lib applies to --device tt only");
+            }
+            if let Some(t) = d.threads {
+                spec = spec.with_threads(t);
+            }
+            Device::open(spec).context("opening the host device")
+        }
+        Backend::Tt => {
+            spec = spec.with_backend(BackendKind::Tenstorrent);
+            if let Some(p) = &d.tt_lib {
+                spec = spec.with_ttnn_lib(p);
+            }
+            Device::open(spec).context("opening the Tenstorrent device (--device tt)")
+        }
     }
-    if let Some(t) = d.threads {
-        spec = spec.with_threads(t);
-    }
-    Device::open(spec).context("opening the device")
 }
 
 fn plan_options(m: &ModelOpts, max_batch: usize) -> anyhow::Result<PlanOptions> {
@@ -363,7 +392,7 @@ fn info(a: InfoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn devices() {
+fn devices(a: &DevicesArgs) {
     for chip in [ChipSpec::wormhole_n150(), ChipSpec::blackhole_p150a()] {
         println!(
             "host backend modelling {}: grid {}x{}, L1 {} KiB/core, DRAM {} GiB in {} banks",
@@ -379,6 +408,31 @@ fn devices() {
         "host threads: {} (one per physical core)",
         ttnn::physical_cores()
     );
+    // Where `--device tt` would load the shim from, without loading it (opening a card is
+    // `bitnet generate --device tt ...`).
+    let env_lib = std::env::var_os("TTNN_C_LIB");
+    let home = std::env::var_os("TT_METAL_HOME");
+    let exe = std::env::current_exe().ok();
+    let tried = ttnn::shim_candidates(
+        a.tt_lib.as_deref(),
+        env_lib.as_deref(),
+        exe.as_deref(),
+        home.as_deref(),
+    );
+    match tried.iter().find(|p| p.is_file()) {
+        Some(p) => println!(
+            "tenstorrent backend (--device tt): TT-NN shim {}",
+            p.display()
+        ),
+        None => println!(
+            "tenstorrent backend (--device tt): no TT-NN shim found (looked at {}); build it with TT_METAL_HOME set (ttnn-sys/README.md) or pass --tt-lib",
+            tried
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -386,18 +440,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate(a),
         Command::Chat(a) => chat(a),
         Command::Bench(a) => {
-            let threads = a.model.device.threads.unwrap_or_else(ttnn::physical_cores);
-            let (model, load_seconds, bandwidth) =
-                bench::measure_then_load(threads, a.bench.bandwidth_mib, || {
-                    Ok(load_model(&a.model, 1)?.0)
-                })?;
+            let load = || Ok(load_model(&a.model, 1)?.0);
+            let (model, load_seconds, bandwidth) = match a.model.device.device {
+                Backend::Host => {
+                    let threads = a.model.device.threads.unwrap_or_else(ttnn::physical_cores);
+                    let (m, secs, gbs) =
+                        bench::measure_then_load(threads, a.bench.bandwidth_mib, load)?;
+                    (m, secs, bench::Bandwidth::HostRead(gbs))
+                }
+                // The weights stream from the card's DRAM: its peak is the limit.
+                Backend::Tt => {
+                    let (m, secs) = bench::load_timed(load)?;
+                    let peak = chip_spec(a.model.device.chip).dram_bandwidth as f64 / 1e9;
+                    (m, secs, bench::Bandwidth::DevicePeak(peak))
+                }
+            };
             bench::run(&model, &a.bench, load_seconds, bandwidth)
         }
         Command::Serve(a) => serve::serve(a),
         Command::Logits(a) => logits(a),
         Command::Info(a) => info(a),
-        Command::Devices => {
-            devices();
+        Command::Devices(a) => {
+            devices(&a);
             Ok(())
         }
     }

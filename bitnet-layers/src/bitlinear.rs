@@ -80,12 +80,14 @@ impl BitLinear {
         )?
         .into_device(device, &DRAM_MEMORY_CONFIG)?;
         let scales = if fused {
+            // A [1, N] tile row: the Tenstorrent backend multiplies it into the output as a
+            // row broadcast without re-tiling it at every call (the host reads any layout).
             Some(
                 Tensor::from_vec(
                     row_scales,
-                    [out_features],
+                    [1, out_features],
                     DataType::Float32,
-                    Layout::RowMajor,
+                    Layout::Tile,
                 )?
                 .into_device(device, &DRAM_MEMORY_CONFIG)?,
             )
@@ -132,6 +134,7 @@ impl BitLinear {
                 memory_config: Some(cfg.memory_config.clone()),
                 dtype: Some(cfg.dtype),
                 compute_kernel_config: Some(cfg.compute_kernel_config),
+                ..Default::default()
             },
         )?)
     }

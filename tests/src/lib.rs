@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
+use ttnn::{BackendKind, Device, DeviceSpec};
 
 /// `tests/fixtures/` of this workspace.
 pub fn fixtures_dir() -> PathBuf {
@@ -245,4 +246,79 @@ pub fn openai_python_path() -> PathBuf {
 /// `scripts/` of this workspace.
 pub fn scripts_dir() -> PathBuf {
     fixtures_dir().join("../../scripts")
+}
+
+/// The host-backed TT-NN C ABI provider (`libttnn_c_host.so`) next to the running test binary
+/// (`target/<profile>/deps/`, where cargo builds it for this package, whose dev-dependency it
+/// is) or in its parent (`target/<profile>/`, where `cargo build -p ttnn-c-host` puts it).
+/// Panics with the paths looked at and the command that builds it.
+pub fn provider_lib() -> PathBuf {
+    const LIB: &str = "libttnn_c_host.so";
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("the test binary has a directory");
+    let tried: Vec<PathBuf> = [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(LIB))
+        .collect();
+    match tried.iter().find(|p| p.is_file()) {
+        Some(p) => p.clone(),
+        None => panic!(
+            "the host-backed TT-NN C ABI provider {LIB} is missing (looked at {}); build it with `cargo build -p ttnn-c-host` (same profile and target dir as the tests)",
+            tried
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A Tenstorrent-backend device over the host-backed provider.
+pub fn provider_device() -> Device {
+    Device::open(
+        DeviceSpec::default()
+            .with_backend(BackendKind::Tenstorrent)
+            .with_ttnn_lib(provider_lib()),
+    )
+    .expect("open the provider as a Tenstorrent device")
+}
+
+/// The device the device test suite (`tests/tests/device.rs`) runs on, from `BITNET_DEVICE`:
+/// - unset or `provider`: the Tenstorrent backend over the host-backed provider of the TT-NN C
+///   ABI ([`provider_lib`]): how CI runs the suite;
+/// - `tt`: the Tenstorrent backend over the real shim, found as `Device::open` finds it
+///   (`TTNN_C_LIB`, next to the test binary, under `TT_METAL_HOME`): how `cargo xtask test-hw`
+///   runs it on a card;
+/// - `host`: the host backend.
+pub fn device_under_test() -> Device {
+    match std::env::var("BITNET_DEVICE").as_deref() {
+        Ok("provider") | Err(_) => provider_device(),
+        Ok("tt") => Device::open(DeviceSpec::default().with_backend(BackendKind::Tenstorrent))
+            .unwrap_or_else(|e| panic!("BITNET_DEVICE=tt: {e}")),
+        Ok("host") => {
+            Device::open(DeviceSpec::default().with_threads(2)).expect("open host device")
+        }
+        Ok(other) => panic!("BITNET_DEVICE={other}: expected provider, tt or host"),
+    }
+}
+
+/// Pearson correlation of two equally long series (tt_transformers' PCC); 1 for two constant
+/// series that are equal.
+pub fn pcc(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let n = a.len() as f64;
+    let ma = a.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let mb = b.iter().sum::<f64>() / n;
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (dx, dy) = (x as f64 - ma, y - mb);
+        sab += dx * dy;
+        saa += dx * dx;
+        sbb += dy * dy;
+    }
+    if saa == 0.0 || sbb == 0.0 {
+        return if saa == sbb && ma == mb { 1.0 } else { 0.0 };
+    }
+    sab / (saa.sqrt() * sbb.sqrt())
 }

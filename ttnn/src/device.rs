@@ -1,10 +1,12 @@
 //! `Device`: an opened (real or modelled) Tenstorrent chip, its memory accounting and backend.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::host::HostDevice;
+use crate::tt::{TtBackend, TtDevice};
 use crate::types::{
     BufferType, CoreCoord, DataType, Layout, MemoryConfig, Shape, TILE_SIZE, TensorMemoryLayout,
 };
@@ -157,6 +159,19 @@ pub enum BackendKind {
     /// The CPU: a functional model of the chip and a fast inference engine.
     #[default]
     Host,
+    /// A Tenstorrent chip through TT-NN, via the C ABI shim `libttnn_c.so` (ttnn-sys), loaded
+    /// when the device opens (see [`DeviceSpec::ttnn_lib`] for where it is looked for).
+    Tenstorrent,
+}
+
+impl BackendKind {
+    /// The name errors and reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Tenstorrent => crate::tt::BACKEND,
+        }
+    }
 }
 
 /// Everything `Device::open` needs.
@@ -173,6 +188,15 @@ pub struct DeviceSpec {
     /// Host backend: the kernel instruction set. `None`: the best this CPU supports.
     /// `DeviceSpec::default()` takes it from `BITNET_HOST_ISA` when set.
     pub host_isa: Option<HostIsa>,
+    /// Tenstorrent backend: the TT-NN shim library to load. `None` searches, in order:
+    /// `$TTNN_C_LIB`; `libttnn_c.so` (or `.so.1`) next to the running executable, then in its
+    /// parent directory (where `cargo build -p ttnn-sys` puts it for test binaries in
+    /// `target/<profile>/deps/`); then under `$TT_METAL_HOME` in `build/lib`,
+    /// `build_Release/lib`, `build_RelWithDebInfo/lib`, `build_Debug/lib`. A path given here (or
+    /// in `TTNN_C_LIB`) is the only one tried. The variables are read by `Device::open` only.
+    pub ttnn_lib: Option<PathBuf>,
+    /// Tenstorrent backend: which chip to open (TT-NN's `device_id`).
+    pub device_id: u32,
 }
 
 impl Default for DeviceSpec {
@@ -186,6 +210,8 @@ impl Default for DeviceSpec {
             trace_region_size: 30_000_000,
             num_threads: None,
             host_isa: HostIsa::from_env(),
+            ttnn_lib: None,
+            device_id: 0,
         }
     }
 }
@@ -198,6 +224,17 @@ impl DeviceSpec {
 
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.num_threads = Some(threads);
+        self
+    }
+
+    pub fn with_backend(mut self, backend: BackendKind) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The Tenstorrent backend with the shim at `path` (see [`DeviceSpec::ttnn_lib`]).
+    pub fn with_ttnn_lib(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ttnn_lib = Some(path.into());
         self
     }
 }
@@ -244,6 +281,7 @@ pub(crate) struct DeviceInner {
 
 pub(crate) enum BackendImpl {
     Host(HostDevice),
+    Tt(TtBackend),
 }
 
 /// An open device. Cheap to clone (shared handle); tensors and traces keep it alive.
@@ -310,8 +348,15 @@ impl Device {
             spec.l1_small_size,
             dram_avail,
         )));
+        let mut spec = spec;
         let backend = match spec.backend {
             BackendKind::Host => BackendImpl::Host(HostDevice::new(&spec)?),
+            BackendKind::Tenstorrent => {
+                let dev = TtDevice::open(&spec)?;
+                // Shard specs and plans are derived from the real grid (harvesting varies).
+                spec.chip.grid = dev.grid();
+                BackendImpl::Tt(TtBackend { dev: Arc::new(dev) })
+            }
         };
         Ok(Self {
             inner: Arc::new(DeviceInner {
@@ -336,7 +381,8 @@ impl Device {
         self.inner.spec.backend
     }
 
-    /// TT-NN's `compute_with_storage_grid_size()`.
+    /// TT-NN's `compute_with_storage_grid_size()` (on the Tenstorrent backend, the chip's, as
+    /// the library reported it at open).
     pub fn compute_with_storage_grid_size(&self) -> CoreCoord {
         self.inner.spec.chip.grid
     }
@@ -347,49 +393,90 @@ impl Device {
     pub fn compute_dtype(&self) -> DataType {
         match self.inner.spec.backend {
             BackendKind::Host => DataType::Float32,
+            BackendKind::Tenstorrent => DataType::Bfloat16,
         }
     }
 
-    /// The instruction set the host backend's kernels use.
-    pub fn host_isa(&self) -> HostIsa {
+    /// The instruction set the host backend's kernels use (`None` on the Tenstorrent backend,
+    /// whose kernels run on the chip).
+    pub fn host_isa(&self) -> Option<HostIsa> {
         match &self.inner.backend {
-            BackendImpl::Host(h) => h.isa,
+            BackendImpl::Host(h) => Some(h.isa),
+            BackendImpl::Tt(_) => None,
         }
     }
 
-    /// Worker threads the host backend runs kernels on.
+    /// Worker threads the host backend runs kernels on (0 on the Tenstorrent backend, whose
+    /// kernels run on the chip).
     pub fn num_threads(&self) -> usize {
         match &self.inner.backend {
             BackendImpl::Host(h) => h.pool.num_threads(),
+            BackendImpl::Tt(_) => 0,
         }
     }
 
-    /// Memory in use, peak and capacity.
+    /// The Tenstorrent backend's shim: its path and what it says it implements. `None` on the
+    /// host backend.
+    pub fn ttnn_library(&self) -> Option<(std::path::PathBuf, String)> {
+        match &self.inner.backend {
+            BackendImpl::Host(_) => None,
+            BackendImpl::Tt(tt) => Some((
+                tt.dev.library_path().to_path_buf(),
+                tt.dev.implementation().to_string(),
+            )),
+        }
+    }
+
+    /// Memory in use, peak and capacity. On the Tenstorrent backend the figures come from
+    /// TT-NN's allocator statistics (see [`Device::try_memory_report`]); a failed query reports
+    /// zeros.
     pub fn memory_report(&self) -> MemoryReport {
-        let a = self
-            .inner
-            .allocator
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let mut r = a.report();
-        r.live_traces = match &self.inner.backend {
-            BackendImpl::Host(h) => h.live_traces(),
-        };
-        r
+        self.try_memory_report().unwrap_or_default()
+    }
+
+    /// [`Device::memory_report`], with the Tenstorrent backend's query errors. TT-NN reports
+    /// per-bank figures: totals are scaled by the chip's DRAM banks and the core grid, and peaks
+    /// are sampled when a report is made.
+    pub fn try_memory_report(&self) -> Result<MemoryReport> {
+        match &self.inner.backend {
+            BackendImpl::Host(h) => {
+                let a = self
+                    .inner
+                    .allocator
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let mut r = a.report();
+                r.live_traces = h.live_traces();
+                Ok(r)
+            }
+            BackendImpl::Tt(tt) => tt.dev.memory_report(&self.inner.spec.chip),
+        }
     }
 
     /// Resets peak figures to the current use (to measure one phase).
     pub fn reset_peak_memory(&self) {
-        self.inner
-            .allocator
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reset_peaks();
+        match &self.inner.backend {
+            BackendImpl::Host(_) => self
+                .inner
+                .allocator
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reset_peaks(),
+            BackendImpl::Tt(tt) => tt.dev.reset_peaks(&self.inner.spec.chip),
+        }
     }
 
-    pub(crate) fn host(&self) -> &HostDevice {
+    /// The backend that runs this device's ops; each op matches on it once.
+    pub(crate) fn backend_impl(&self) -> &BackendImpl {
+        &self.inner.backend
+    }
+
+    /// Fails with `TraceCaptureActive` while a trace is being captured (host writes and reads,
+    /// device allocation from host data).
+    pub(crate) fn ensure_not_capturing(&self, op: &'static str) -> Result<()> {
         match &self.inner.backend {
-            BackendImpl::Host(h) => h,
+            BackendImpl::Host(h) => h.ensure_not_capturing(op),
+            BackendImpl::Tt(tt) => tt.dev.ensure_not_capturing(op),
         }
     }
 
@@ -488,6 +575,12 @@ impl BufferPlan {
 
 fn align(v: u64, a: u64) -> u64 {
     v.div_ceil(a.max(1)) * a.max(1)
+}
+
+/// Bytes of a TT buffer holding a tensor of `shape`/`dtype`/`layout` (all its pages).
+pub(crate) fn buffer_bytes(shape: Shape, dtype: DataType, layout: Layout) -> u64 {
+    let (page, n) = pages(shape, dtype, layout);
+    page * n
 }
 
 /// The page size and page count of a tensor as a TT buffer stores it.

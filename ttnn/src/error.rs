@@ -74,11 +74,39 @@ pub enum Error {
     /// A trace call that does not match the device's capture state.
     #[error("{op}: {reason}")]
     TraceState { op: &'static str, reason: String },
-    /// An op is not implemented by the backend the device runs on.
-    #[error("{op}: not supported by the {backend} backend")]
+    /// An op, or one of its arguments, is not implemented by the backend the device runs on.
+    #[error("{op}: {what} is not supported by the {backend} backend")]
     NotSupported {
         op: &'static str,
+        /// What is unsupported: "the op", or the argument (e.g. "user_seeds").
+        what: String,
         backend: &'static str,
+    },
+    /// No TT-NN shim library (`libttnn_c.so`) was found for the Tenstorrent backend.
+    #[error(
+        "Device::open: the TT-NN shim library was not found; tried: {}. Build it with `cargo build -p ttnn-sys` and TT_METAL_HOME set (ttnn-sys/README.md), or point DeviceSpec::ttnn_lib or TTNN_C_LIB at it",
+        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    LibraryNotFound {
+        /// Every path looked at, in order.
+        tried: Vec<std::path::PathBuf>,
+    },
+    /// A shim library was found but could not be loaded (not a shared library, unresolved
+    /// dependencies, a missing entry point).
+    #[error("Device::open: cannot load {}: {reason}", path.display())]
+    LibraryLoad {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// The shim library implements another version of the C ABI than this build expects.
+    #[error(
+        "Device::open: {} implements TT-NN C ABI version {found}, this build of ttnn expects version {expected}; rebuild the shim from this checkout (cargo build -p ttnn-sys)",
+        path.display()
+    )]
+    AbiVersionMismatch {
+        path: std::path::PathBuf,
+        expected: u32,
+        found: u32,
     },
     /// A failure reported by a backend (for the Tenstorrent backend, the shim's message).
     #[error("{op}: {backend} backend error: {message}")]

@@ -6,10 +6,14 @@
 //! `paged_scaled_dot_product_attention_decode`), plus `experimental::bitlinear`, the one op
 //! TT-NN lacks. It knows nothing about BitNet.
 //!
-//! Backends:
-//! - **host** (always built, the default): a functional model of a Tenstorrent chip on the CPU.
+//! Backends (`BackendKind`, chosen in `DeviceSpec`; both always built):
+//! - **host** (the default): a functional model of a Tenstorrent chip on the CPU.
 //!   It accounts DRAM and per-core L1 as the modelled chip would, records and replays traces,
 //!   and runs every op with CPU kernels.
+//! - **tenstorrent**: a Tenstorrent chip through TT-NN, via the C ABI of `ttnn-sys`
+//!   (`libttnn_c.so`, loaded by `Device::open`; no SDK is needed to compile). Each op validates
+//!   its arguments once, as for the host, then calls the shim; `Ternary` tensors are stored as
+//!   BFLOAT4_B and `experimental::bitlinear` is lowered to stock TT-NN ops.
 //!
 //! ```
 //! use ttnn::{DataType, Device, DeviceSpec, Layout, Tensor, DRAM_MEMORY_CONFIG};
@@ -28,6 +32,7 @@ mod host;
 pub mod ops;
 pub mod tensor;
 pub mod trace;
+mod tt;
 pub mod types;
 
 pub use device::{
@@ -41,13 +46,17 @@ pub use tensor::{Tensor, copy_host_to_device};
 pub use trace::{
     Trace, TraceId, begin_trace_capture, end_trace_capture, execute_trace, release_trace,
 };
+pub use tt::{TT_METAL_HOME_LIB_DIRS, shim_candidates};
 pub use types::*;
 
 pub use ops::creation::zeros;
-pub use ops::data_movement::{SliceArgs, copy, reshape, slice, to_memory_config, unsqueeze_to_4d};
+pub use ops::data_movement::{
+    SliceArgs, copy, reshape, reshape_padded, slice, to_layout, to_memory_config, unsqueeze_to_4d,
+};
 pub use ops::embedding::{EmbeddingArgs, EmbeddingsType, embedding};
 pub use ops::matmul::{LinearArgs, MatmulArgs, MatmulProgramConfig, linear, matmul};
 pub use ops::norm::{LayerNormProgramConfig, RmsNormArgs, rms_norm};
+pub use ops::reduction::{ReduceArgs, max};
 pub use ops::sampling::{
     ArgmaxArgs, PlusOneArgs, SamplingArgs, TopkArgs, argmax, plus_one, sampling, topk,
 };
@@ -56,7 +65,7 @@ pub use ops::sampling::{
 /// tt_transformers calls them by.
 pub mod experimental {
     pub use crate::ops::bitlinear::{
-        BitLinearArgs, QuantizeActivationsArgs, WeightScaleMode, bitlinear,
+        ActivationQuant, BitLinearArgs, QuantizeActivationsArgs, WeightScaleMode, bitlinear,
         quantize_activations_int8,
     };
     pub use crate::ops::data_movement::{

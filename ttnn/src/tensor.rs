@@ -5,26 +5,47 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, IxDyn};
 
-use crate::device::{Allocation, Device};
+use crate::device::{Allocation, BackendImpl, Device};
 use crate::error::{Error, Result};
 use crate::host::HostBuffer;
 use crate::host::data::{Element, HostData};
+use crate::tt::TtTensor;
 use crate::types::{DataType, Layout, MemoryConfig, Shape};
 
 #[derive(Clone)]
 pub(crate) enum Storage {
     Host(Arc<HostData>),
-    /// `alloc` is the buffer's reservation in the modelled memory, owned by the tensor handles
-    /// only: a trace that recorded an op keeps the data (`buffer`) but not the reservation, so
-    /// memory freed by dropping a tensor during capture can be reused by later ops of the same
-    /// capture, as TT-NN's allocator reuses addresses. A trace's working set is then the peak
-    /// of what was live, not the sum of every intermediate.
     Device {
         device: Device,
+        buffer: DeviceBuffer,
+    },
+}
+
+/// A device tensor's storage, one variant per backend (the device's backend decides which).
+#[derive(Clone)]
+pub(crate) enum DeviceBuffer {
+    /// The host backend's buffer. `alloc` is its reservation in the modelled memory, owned by
+    /// the tensor handles only: a trace that recorded an op keeps the data (`buffer`) but not
+    /// the reservation, so memory freed by dropping a tensor during capture can be reused by
+    /// later ops of the same capture, as TT-NN's allocator reuses addresses. A trace's working
+    /// set is then the peak of what was live, not the sum of every intermediate.
+    Host {
         buffer: Arc<HostBuffer>,
         #[allow(dead_code)] // held for its Drop: the reservation lives as long as the handles
         alloc: Arc<Allocation>,
     },
+    /// A tensor handle of the TT-NN shim (freed when the last clone drops). No modelled
+    /// reservation: the library's allocator owns the device memory.
+    Tt(Arc<TtTensor>),
+}
+
+impl DeviceBuffer {
+    fn memory_config(&self) -> &MemoryConfig {
+        match self {
+            Self::Host { buffer, .. } => &buffer.memory_config,
+            Self::Tt(t) => &t.memory_config,
+        }
+    }
 }
 
 /// A tensor. Cloning shares the data (like a TT-NN tensor handle); a device tensor's memory
@@ -48,7 +69,7 @@ impl std::fmt::Debug for Tensor {
             Storage::Host(_) => d.field("storage", &"host"),
             Storage::Device { device, buffer, .. } => d
                 .field("device", &device.id())
-                .field("memory_config", &buffer.memory_config),
+                .field("memory_config", buffer.memory_config()),
         };
         d.finish()
     }
@@ -219,14 +240,28 @@ impl Tensor {
         ))
     }
 
+    /// The same handle described with another dtype (a Tenstorrent handle's BFLOAT4_B holding
+    /// a Ternary tensor).
+    pub(crate) fn with_dtype(mut self, dtype: DataType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
     /// The logical shape.
     pub fn shape(&self) -> Shape {
         self.shape
     }
 
-    /// The shape as stored (tile layout pads the last two dimensions to 32).
+    /// The shape as stored (tile layout pads the last two dimensions to 32; on the Tenstorrent
+    /// backend, the padded shape TT-NN reports for the tensor).
     pub fn padded_shape(&self) -> Shape {
-        self.shape.padded(self.layout)
+        match &self.storage {
+            Storage::Device {
+                buffer: DeviceBuffer::Tt(t),
+                ..
+            } => t.padded_shape,
+            _ => self.shape.padded(self.layout),
+        }
     }
 
     pub fn dtype(&self) -> DataType {
@@ -241,7 +276,7 @@ impl Tensor {
     pub fn memory_config(&self) -> Option<&MemoryConfig> {
         match &self.storage {
             Storage::Host(_) => None,
-            Storage::Device { buffer, .. } => Some(&buffer.memory_config),
+            Storage::Device { buffer, .. } => Some(buffer.memory_config()),
         }
     }
 
@@ -257,13 +292,30 @@ impl Tensor {
         matches!(self.storage, Storage::Device { .. })
     }
 
-    /// Bytes the host really keeps for this tensor's values (its storage form, e.g. 2 bits
-    /// per ternary value): what a kernel streams when it reads the whole tensor. `None` where
-    /// the host does not hold the data.
+    /// Bytes the backend really keeps for this tensor's values: what a kernel streams when it
+    /// reads the whole tensor. On the host, its storage form (e.g. 2 bits per ternary value);
+    /// on a Tenstorrent device, the TT buffer's pages (Ternary is stored as BFLOAT4_B there).
     pub fn storage_bytes(&self) -> Option<u64> {
         match &self.storage {
             Storage::Host(d) => Some(d.host_bytes() as u64),
-            Storage::Device { buffer, .. } => Some(buffer.read().host_bytes() as u64),
+            Storage::Device {
+                buffer: DeviceBuffer::Host { buffer, .. },
+                ..
+            } => Some(buffer.read().host_bytes() as u64),
+            Storage::Device {
+                buffer: DeviceBuffer::Tt(t),
+                ..
+            } => {
+                let dtype = match self.dtype {
+                    DataType::Ternary => DataType::Bfloat4B,
+                    d => d,
+                };
+                Some(crate::device::buffer_bytes(
+                    t.padded_shape,
+                    dtype,
+                    self.layout,
+                ))
+            }
         }
     }
 
@@ -271,14 +323,31 @@ impl Tensor {
     pub fn shares_buffer_with(&self, other: &Tensor) -> bool {
         match (&self.storage, &other.storage) {
             (Storage::Host(a), Storage::Host(b)) => Arc::ptr_eq(a, b),
-            (Storage::Device { buffer: a, .. }, Storage::Device { buffer: b, .. }) => {
-                Arc::ptr_eq(a, b)
-            }
+            (
+                Storage::Device {
+                    buffer: DeviceBuffer::Host { buffer: a, .. },
+                    ..
+                },
+                Storage::Device {
+                    buffer: DeviceBuffer::Host { buffer: b, .. },
+                    ..
+                },
+            ) => Arc::ptr_eq(a, b),
+            (
+                Storage::Device {
+                    buffer: DeviceBuffer::Tt(a),
+                    ..
+                },
+                Storage::Device {
+                    buffer: DeviceBuffer::Tt(b),
+                    ..
+                },
+            ) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
 
-    /// Allocates a zero-filled device tensor (an op's output).
+    /// Allocates a zero-filled device tensor (an op's output) on the host backend.
     pub(crate) fn allocate(
         device: &Device,
         op: &'static str,
@@ -295,8 +364,10 @@ impl Tensor {
             layout,
             Storage::Device {
                 device: device.clone(),
-                buffer: Arc::new(buffer),
-                alloc,
+                buffer: DeviceBuffer::Host {
+                    buffer: Arc::new(buffer),
+                    alloc,
+                },
             },
         ))
     }
@@ -315,24 +386,37 @@ impl Tensor {
                 });
             }
         };
-        device.host().ensure_not_capturing(op)?;
-        let alloc = Arc::new(device.allocate(op, self.shape, self.dtype, self.layout, mc)?);
-        let buffer = HostBuffer::new((**data).clone(), mc.clone());
-        Ok(Self::from_parts(
-            self.shape,
-            self.dtype,
-            self.layout,
-            Storage::Device {
-                device: device.clone(),
-                buffer: Arc::new(buffer),
-                alloc,
-            },
-        ))
+        match device.backend_impl() {
+            BackendImpl::Host(host) => {
+                host.ensure_not_capturing(op)?;
+                let alloc =
+                    Arc::new(device.allocate(op, self.shape, self.dtype, self.layout, mc)?);
+                let buffer = HostBuffer::new((**data).clone(), mc.clone());
+                Ok(Self::from_parts(
+                    self.shape,
+                    self.dtype,
+                    self.layout,
+                    Storage::Device {
+                        device: device.clone(),
+                        buffer: DeviceBuffer::Host {
+                            buffer: Arc::new(buffer),
+                            alloc,
+                        },
+                    },
+                ))
+            }
+            BackendImpl::Tt(tt) => {
+                // The library checks the memory config against the tensor (TT-NN's rules).
+                tt.dev
+                    .upload(device, op, data, self.shape, self.dtype, self.layout, mc)
+            }
+        }
     }
 
-    /// Like [`Tensor::to_device`], consuming the host tensor: its data moves into the device
-    /// buffer without a copy when no other handle shares it (how large weights upload without
-    /// a second copy in memory).
+    /// Like [`Tensor::to_device`], consuming the host tensor: on the host backend its data
+    /// moves into the device buffer without a copy when no other handle shares it (how large
+    /// weights upload without a second copy in memory); the Tenstorrent backend copies it into
+    /// the library's tensor as `to_device` does.
     pub fn into_device(self, device: &Device, mc: &MemoryConfig) -> Result<Tensor> {
         let op = "Tensor::into_device";
         let Storage::Host(data) = self.storage else {
@@ -342,7 +426,15 @@ impl Tensor {
                 expected: "the host",
             });
         };
-        device.host().ensure_not_capturing(op)?;
+        let host = match device.backend_impl() {
+            BackendImpl::Host(host) => host,
+            BackendImpl::Tt(tt) => {
+                return tt
+                    .dev
+                    .upload(device, op, &data, self.shape, self.dtype, self.layout, mc);
+            }
+        };
+        host.ensure_not_capturing(op)?;
         let alloc = Arc::new(device.allocate(op, self.shape, self.dtype, self.layout, mc)?);
         let data = Arc::try_unwrap(data).unwrap_or_else(|shared| (*shared).clone());
         Ok(Self::from_parts(
@@ -351,8 +443,10 @@ impl Tensor {
             self.layout,
             Storage::Device {
                 device: device.clone(),
-                buffer: Arc::new(HostBuffer::new(data, mc.clone())),
-                alloc,
+                buffer: DeviceBuffer::Host {
+                    buffer: Arc::new(HostBuffer::new(data, mc.clone())),
+                    alloc,
+                },
             },
         ))
     }
@@ -361,9 +455,15 @@ impl Tensor {
     pub fn to_host(&self) -> Result<Tensor> {
         match &self.storage {
             Storage::Host(_) => Ok(self.clone()),
-            Storage::Device { device, buffer, .. } => {
-                device.host().ensure_not_capturing("Tensor::to_host")?;
-                let data = buffer.read().clone();
+            Storage::Device { device, buffer } => {
+                let op = "Tensor::to_host";
+                let data = match buffer {
+                    DeviceBuffer::Host { buffer, .. } => {
+                        device.ensure_not_capturing(op)?;
+                        buffer.read().clone()
+                    }
+                    DeviceBuffer::Tt(t) => t.device().read(op, t, self.shape, self.dtype)?,
+                };
                 Ok(Self::from_parts(
                     self.shape,
                     self.dtype,
@@ -380,10 +480,15 @@ impl Tensor {
         let op = "Tensor::to_vec";
         match &self.storage {
             Storage::Host(d) => T::from_host_data(op, d),
-            Storage::Device { device, buffer, .. } => {
-                device.host().ensure_not_capturing(op)?;
-                T::from_host_data(op, &buffer.read())
-            }
+            Storage::Device { device, buffer } => match buffer {
+                DeviceBuffer::Host { buffer, .. } => {
+                    device.ensure_not_capturing(op)?;
+                    T::from_host_data(op, &buffer.read())
+                }
+                DeviceBuffer::Tt(t) => {
+                    T::from_host_data(op, &t.device().read(op, t, self.shape, self.dtype)?)
+                }
+            },
         }
     }
 
@@ -413,24 +518,50 @@ impl Tensor {
         ))
     }
 
-    /// A handle with another shape over the same buffer (no copy).
-    #[allow(dead_code)] // used by reshape (data_movement), which lands separately
+    /// A handle with another shape over the same buffer (no copy). Host storage only: a
+    /// Tenstorrent tensor's shape is its handle's, changed through `ttnn_c_reshape`.
     pub(crate) fn view(&self, shape: Shape) -> Tensor {
         Self::from_parts(shape, self.dtype, self.layout, self.storage.clone())
     }
 
-    /// The device and buffer of a device tensor, or an error naming `op` and `what`.
-    pub(crate) fn device_buffer(
-        &self,
-        op: &'static str,
-        what: &str,
-    ) -> Result<(&Device, &Arc<HostBuffer>)> {
+    /// The device of a device tensor, or an error naming `op` and `what`.
+    pub(crate) fn device_of(&self, op: &'static str, what: &str) -> Result<&Device> {
         match &self.storage {
-            Storage::Device { device, buffer, .. } => Ok((device, buffer)),
+            Storage::Device { device, .. } => Ok(device),
             Storage::Host(_) => Err(Error::WrongStorage {
                 op,
                 what: what.to_string(),
                 expected: "a device",
+            }),
+        }
+    }
+
+    /// The buffer of a host-backend device tensor, or an error naming `op` and `what`.
+    pub(crate) fn host_buffer(&self, op: &'static str, what: &str) -> Result<&Arc<HostBuffer>> {
+        match &self.storage {
+            Storage::Device {
+                buffer: DeviceBuffer::Host { buffer: b, .. },
+                ..
+            } => Ok(b),
+            _ => Err(Error::WrongStorage {
+                op,
+                what: what.to_string(),
+                expected: "a host-backend device",
+            }),
+        }
+    }
+
+    /// The handle of a Tenstorrent-backend tensor, or an error naming `op` and `what`.
+    pub(crate) fn tt_tensor(&self, op: &'static str, what: &str) -> Result<&Arc<TtTensor>> {
+        match &self.storage {
+            Storage::Device {
+                buffer: DeviceBuffer::Tt(t),
+                ..
+            } => Ok(t),
+            _ => Err(Error::WrongStorage {
+                op,
+                what: what.to_string(),
+                expected: "a Tenstorrent device",
             }),
         }
     }
@@ -451,8 +582,8 @@ pub fn copy_host_to_device(host: &Tensor, device_tensor: &mut Tensor) -> Result<
             });
         }
     };
-    let (device, buffer) = device_tensor.device_buffer(op, "the destination")?;
-    device.host().ensure_not_capturing(op)?;
+    let device = device_tensor.device_of(op, "the destination")?;
+    device.ensure_not_capturing(op)?;
     if host.shape != device_tensor.shape {
         return Err(Error::shape(
             op,
@@ -477,6 +608,15 @@ pub fn copy_host_to_device(host: &Tensor, device_tensor: &mut Tensor) -> Result<
             expected: device_tensor.layout,
         });
     }
+    let buffer = match device.backend_impl() {
+        BackendImpl::Host(_) => device_tensor.host_buffer(op, "the destination")?,
+        BackendImpl::Tt(tt) => {
+            let dst = device_tensor.tt_tensor(op, "the destination")?;
+            return tt
+                .dev
+                .write(op, src, host.shape, host.dtype, host.layout, dst);
+        }
+    };
     let mut dst = buffer.write();
     match (&mut *dst, &**src) {
         (HostData::F32(d), HostData::F32(s)) => d.copy_from_slice(s),

@@ -6,12 +6,22 @@
 //! ops on the same buffers, overwriting the outputs allocated during capture. Inputs change
 //! between replays only through [`crate::copy_host_to_device`]. Writing to or reading from the
 //! device while capturing, and nested capture, are errors.
+//!
+//! On the Tenstorrent backend the trace is TT-NN's, by id; the `Trace` also holds every tensor
+//! the captured ops used, so that their buffers outlive the trace as on the host backend.
 
 use std::marker::PhantomData;
 
-use crate::device::Device;
+use crate::device::{BackendImpl, Device};
 use crate::error::{Error, Result};
 use crate::host::HostTrace;
+use crate::tt::TtTrace;
+
+/// A captured trace's backend state.
+enum TraceImpl {
+    Host(HostTrace),
+    Tt(TtTrace),
+}
 
 /// Id of a trace being captured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -24,7 +34,7 @@ pub struct TraceId(pub u32);
 pub struct Trace {
     device: Device,
     id: TraceId,
-    inner: HostTrace,
+    inner: TraceImpl,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -33,7 +43,7 @@ impl std::fmt::Debug for Trace {
         f.debug_struct("Trace")
             .field("id", &self.id)
             .field("device", &self.device.id())
-            .field("ops", &self.inner.num_commands())
+            .field("ops", &self.num_ops())
             .finish()
     }
 }
@@ -43,9 +53,12 @@ impl Trace {
         self.id
     }
 
-    /// Number of ops recorded.
+    /// Number of ops recorded (on the Tenstorrent backend: calls into TT-NN while capturing).
     pub fn num_ops(&self) -> usize {
-        self.inner.num_commands()
+        match &self.inner {
+            TraceImpl::Host(h) => h.num_commands(),
+            TraceImpl::Tt(t) => t.num_ops(),
+        }
     }
 
     pub fn device(&self) -> &Device {
@@ -73,14 +86,20 @@ pub fn begin_trace_capture(device: &Device, cq_id: u8) -> Result<TraceId> {
             reason: "the device was opened with trace_region_size 0".into(),
         });
     }
-    device.host().begin_capture(op).map(TraceId)
+    match device.backend_impl() {
+        BackendImpl::Host(host) => host.begin_capture(op).map(TraceId),
+        BackendImpl::Tt(tt) => tt.dev.begin_capture(op, cq_id).map(TraceId),
+    }
 }
 
 /// Stops recording and returns the trace.
 pub fn end_trace_capture(device: &Device, trace_id: TraceId, cq_id: u8) -> Result<Trace> {
     let op = "end_trace_capture";
     check_cq(op, cq_id)?;
-    let inner = device.host().end_capture(op, trace_id.0)?;
+    let inner = match device.backend_impl() {
+        BackendImpl::Host(host) => TraceImpl::Host(host.end_capture(op, trace_id.0)?),
+        BackendImpl::Tt(tt) => TraceImpl::Tt(tt.dev.end_capture(op, trace_id.0, cq_id)?),
+    };
     Ok(Trace {
         device: device.clone(),
         id: trace_id,
@@ -89,11 +108,10 @@ pub fn end_trace_capture(device: &Device, trace_id: TraceId, cq_id: u8) -> Resul
     })
 }
 
-/// Replays `trace`. The host backend always completes before returning, so `blocking` only
-/// documents intent.
+/// Replays `trace`. The host backend always completes before returning, so there `blocking`
+/// only documents intent; the Tenstorrent backend passes it to TT-NN.
 pub fn execute_trace(device: &Device, trace: &Trace, cq_id: u8, blocking: bool) -> Result<()> {
     let op = "execute_trace";
-    let _ = blocking;
     check_cq(op, cq_id)?;
     if *device != trace.device {
         return Err(Error::TraceState {
@@ -101,7 +119,16 @@ pub fn execute_trace(device: &Device, trace: &Trace, cq_id: u8, blocking: bool) 
             reason: "the trace was captured on another device".into(),
         });
     }
-    device.host().replay(op, &trace.inner)
+    match (device.backend_impl(), &trace.inner) {
+        (BackendImpl::Host(host), TraceImpl::Host(t)) => host.replay(op, t),
+        (BackendImpl::Tt(tt), TraceImpl::Tt(t)) if std::sync::Arc::ptr_eq(&tt.dev, t.device()) => {
+            tt.dev.execute(op, t, cq_id, blocking)
+        }
+        _ => Err(Error::TraceState {
+            op,
+            reason: "the trace belongs to another backend".into(),
+        }),
+    }
 }
 
 /// Releases a trace (same as dropping it).

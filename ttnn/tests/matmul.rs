@@ -89,6 +89,9 @@ fn act_f64(op: UnaryOp, x: f64) -> f64 {
         UnaryOp::Neg => -x,
         UnaryOp::Silu => x / (1.0 + (-x).exp()),
         UnaryOp::Exp => x.exp(),
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Reciprocal => 1.0 / x,
+        UnaryOp::Round => x.round_ties_even(),
     }
 }
 

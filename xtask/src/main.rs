@@ -2,6 +2,7 @@
 //! Tasks arrive with the issues that need them (`bindgen`, `synth-model`, `test-hw`).
 
 mod bindgen;
+mod hw;
 mod synth;
 
 use std::ffi::OsString;
@@ -48,6 +49,10 @@ enum Task {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// On a machine with a Tenstorrent card and TT_METAL_HOME: build the TT-NN shim, run the
+    /// device test suite on the card, then `bitnet bench --device tt`. Elsewhere it says what
+    /// is missing and fails.
+    TestHw(hw::TestHwArgs),
 }
 
 fn workspace_root() -> PathBuf {
@@ -137,7 +142,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(&argv);
     match cli.task {
         None => {
-            eprintln!("tasks: ci, fetch-test-data, test   (cargo xtask --help for details)");
+            eprintln!(
+                "tasks: ci, fetch-test-data, test, bindgen, synth-model, test-hw   (cargo xtask --help for details)"
+            );
             Ok(())
         }
         Some(Task::Ci) => {
@@ -164,6 +171,7 @@ fn main() -> anyhow::Result<()> {
         Some(Task::SynthModel { shape, out, seed }) => {
             synth::synth_model(&synth::ModelShape::named(&shape)?, &out, seed)
         }
+        Some(Task::TestHw(a)) => hw::test_hw(&a),
     }
 }
 

@@ -66,12 +66,17 @@ struct Capture {
     commands: Vec<Box<dyn HostCommand>>,
 }
 
+/// Trace ids, process-wide: tt-metal issues `MeshTraceId`s from one static counter
+/// (`MeshTrace::next_id()`, starting at 0) shared by every device, so ids are unique across
+/// devices and never reused after a release. The host does the same, so that code written
+/// against either backend (and the C ABI's `uint32_t` ids) sees the same numbering.
+static NEXT_TRACE_ID: AtomicU32 = AtomicU32::new(0);
+
 /// The host backend's per-device state.
 pub(crate) struct HostDevice {
     pub pool: ThreadPool,
     pub isa: HostIsa,
     capture: Mutex<Option<Capture>>,
-    next_trace_id: AtomicU32,
     live_traces: Arc<AtomicUsize>,
 }
 
@@ -121,7 +126,6 @@ impl HostDevice {
             pool,
             isa,
             capture: Mutex::new(None),
-            next_trace_id: AtomicU32::new(0),
             live_traces: Arc::new(AtomicUsize::new(0)),
         })
     }
@@ -159,6 +163,9 @@ impl HostDevice {
     }
 
     pub fn begin_capture(&self, op: &'static str) -> Result<u32> {
+        // Taken before the state check, as tt-metal's `BeginTraceCapture` calls
+        // `MeshTrace::next_id()` before `begin_mesh_trace` can fail.
+        let trace_id = NEXT_TRACE_ID.fetch_add(1, Ordering::Relaxed);
         let mut cap = self.capture();
         if let Some(c) = cap.as_ref() {
             return Err(Error::TraceCaptureActive {
@@ -166,7 +173,6 @@ impl HostDevice {
                 trace_id: c.trace_id,
             });
         }
-        let trace_id = self.next_trace_id.fetch_add(1, Ordering::Relaxed);
         *cap = Some(Capture {
             trace_id,
             commands: Vec::new(),

@@ -13,6 +13,7 @@
 //! - `program_config` and `compute_kernel_config` are validated as TT does but do not change the
 //!   host's arithmetic (f32 throughout, exact `exp`).
 
+use crate::device::BackendImpl;
 use crate::error::{Error, Result};
 use crate::host::kernels::attention::{
     CurPos, MAX_HEAD_DIM, SdpaDecodeCmd, SdpaPrefillCmd, default_scale,
@@ -21,6 +22,7 @@ use crate::ops::{
     expect_dtype, expect_layout, expect_rank, on_device, on_same_device, resolve_shard_spec,
 };
 use crate::tensor::Tensor;
+use crate::tt::{Tt, ops as tt_ops};
 use crate::types::{
     BufferType, ComputeKernelConfig, CoreCoord, DRAM_MEMORY_CONFIG, DataType, Layout, MemoryConfig,
     TILE_SIZE, TensorMemoryLayout,
@@ -164,6 +166,33 @@ impl Default for PagedSdpaDecodeArgs<'_> {
             compute_kernel_config: None,
         }
     }
+}
+
+/// Validated current positions of a decode op, before the backend turns them into its form.
+enum Pos<'a> {
+    Tensor(&'a Tensor),
+    List(Vec<u32>),
+    All,
+}
+
+impl Pos<'_> {
+    /// The host kernel's form.
+    fn host(self, op: &'static str) -> Result<CurPos> {
+        Ok(match self {
+            Pos::Tensor(t) => CurPos::Tensor(t.host_buffer(op, "cur_pos_tensor")?.clone()),
+            Pos::List(v) => CurPos::List(v),
+            Pos::All => CurPos::All,
+        })
+    }
+}
+
+/// The host buffer of an optional tensor.
+fn host_opt(
+    op: &'static str,
+    what: &str,
+    t: Option<&Tensor>,
+) -> Result<Option<std::sync::Arc<crate::host::HostBuffer>>> {
+    t.map(|t| t.host_buffer(op, what).cloned()).transpose()
 }
 
 /// TT's SDPA input types, plus Float32 on the host.
@@ -418,10 +447,10 @@ pub fn paged_scaled_dot_product_attention_decode(
     args: &PagedSdpaDecodeArgs<'_>,
 ) -> Result<Tensor> {
     let op = "ttnn::transformer::paged_scaled_dot_product_attention_decode";
-    let (device, qb) = on_device(op, "q", q)?;
-    let kb = on_same_device(op, "k", device, k)?;
-    let vb = on_same_device(op, "v", device, v)?;
-    let ptb = on_same_device(op, "page_table_tensor", device, page_table_tensor)?;
+    let device = on_device(op, "q", q)?;
+    on_same_device(op, "k", device, k)?;
+    on_same_device(op, "v", device, v)?;
+    on_same_device(op, "page_table_tensor", device, page_table_tensor)?;
     let (nh, nkv, hd) = check_decode_qkv(op, q, k, v)?;
     check_page_table(op, page_table_tensor)?;
     let pt_sharded = memory_layout(page_table_tensor).is_sharded();
@@ -482,8 +511,8 @@ pub fn paged_scaled_dot_product_attention_decode(
                 "cur_pos_tensor is required for paged attention in causal mode",
             )
         })?;
-        let cpb = check_cur_pos_tensor(op, device, cp, batch)?;
-        CurPos::Tensor(cpb)
+        check_cur_pos_tensor(op, device, cp, batch)?;
+        Pos::Tensor(cp)
     } else {
         if pc.k_chunk_size == 0 {
             return Err(Error::arg(
@@ -501,15 +530,12 @@ pub fn paged_scaled_dot_product_attention_decode(
                 ),
             ));
         }
-        CurPos::All
+        Pos::All
     };
     let (mask, mask_len) = match (args.attn_mask, args.is_causal) {
         (Some(m), false) => {
-            let mb = on_same_device(op, "attn_mask", device, m)?;
-            (
-                Some(mb.clone()),
-                check_decode_mask(op, m, q, batch, cols * bs)?,
-            )
+            on_same_device(op, "attn_mask", device, m)?;
+            (Some(m), check_decode_mask(op, m, q, batch, cols * bs)?)
         }
         _ => (None, 0),
     };
@@ -522,17 +548,37 @@ pub fn paged_scaled_dot_product_attention_decode(
         q.layout(),
     )?;
     check_decode_out_mc(op, &mc, nkv)?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::paged_sdpa_decode(
+                &Tt::new(tt, device),
+                op,
+                q,
+                k,
+                v,
+                page_table_tensor,
+                args,
+            );
+        }
+    };
+    let cur_pos = cur_pos.host(op)?;
+    let mask = host_opt(op, "attn_mask", mask)?;
     let out = Tensor::allocate(device, op, out_shape, q.dtype(), q.layout(), &mc)?;
     let len = out_shape.volume();
-    device.host().submit(SdpaDecodeCmd {
+    host.submit(SdpaDecodeCmd {
         op,
-        q: qb.clone(),
-        k: kb.clone(),
-        v: vb.clone(),
-        out: out.device_buffer(op, "output")?.1.clone(),
-        page_table: Some(ptb.clone()),
+        q: q.host_buffer(op, "q")?.clone(),
+        k: k.host_buffer(op, "k")?.clone(),
+        v: v.host_buffer(op, "v")?.clone(),
+        out: out.host_buffer(op, "output")?.clone(),
+        page_table: Some(
+            page_table_tensor
+                .host_buffer(op, "page_table_tensor")?
+                .clone(),
+        ),
         cur_pos,
-        mask: mask.clone(),
+        mask,
         batch,
         nh,
         nkv,
@@ -564,8 +610,8 @@ fn check_cur_pos_tensor(
     device: &crate::device::Device,
     cp: &Tensor,
     batch: usize,
-) -> Result<std::sync::Arc<crate::host::HostBuffer>> {
-    let cpb = on_same_device(op, "cur_pos_tensor", device, cp)?;
+) -> Result<()> {
+    on_same_device(op, "cur_pos_tensor", device, cp)?;
     if cp.dtype() != DataType::Int32 {
         return Err(Error::dtype(op, "cur_pos_tensor", cp.dtype(), "Int32"));
     }
@@ -578,7 +624,7 @@ fn check_cur_pos_tensor(
             cp.shape(),
         ));
     }
-    Ok(cpb.clone())
+    Ok(())
 }
 
 fn check_decode_out_mc(op: &'static str, mc: &MemoryConfig, nkv: usize) -> Result<()> {
@@ -617,9 +663,9 @@ pub fn scaled_dot_product_attention_decode(
     args: &SdpaDecodeArgs<'_>,
 ) -> Result<Tensor> {
     let op = "ttnn::transformer::scaled_dot_product_attention_decode";
-    let (device, qb) = on_device(op, "q", q)?;
-    let kb = on_same_device(op, "k", device, k)?;
-    let vb = on_same_device(op, "v", device, v)?;
+    let device = on_device(op, "q", q)?;
+    on_same_device(op, "k", device, k)?;
+    on_same_device(op, "v", device, v)?;
     let (nh, nkv, hd) = check_decode_qkv(op, q, k, v)?;
     let batch = q.shape().dim(1);
     let (kp, vp) = (k.padded_shape(), v.padded_shape());
@@ -672,7 +718,10 @@ pub fn scaled_dot_product_attention_decode(
             ));
         }
         match (args.cur_pos_tensor, args.cur_pos.is_empty()) {
-            (Some(cp), true) => CurPos::Tensor(check_cur_pos_tensor(op, device, cp, batch)?),
+            (Some(cp), true) => {
+                check_cur_pos_tensor(op, device, cp, batch)?;
+                Pos::Tensor(cp)
+            }
             (None, false) => {
                 if args.cur_pos.len() != batch {
                     return Err(Error::arg(
@@ -694,7 +743,7 @@ pub fn scaled_dot_product_attention_decode(
                         format!("cur_pos[{b}] = {p} must be less than the sequence length {seq}"),
                     ));
                 }
-                CurPos::List(args.cur_pos.clone())
+                Pos::List(args.cur_pos.clone())
             }
             _ => {
                 return Err(Error::arg(
@@ -704,11 +753,11 @@ pub fn scaled_dot_product_attention_decode(
             }
         }
     } else {
-        CurPos::All
+        Pos::All
     };
     let (mask, mask_len) = match (args.attn_mask, args.is_causal) {
         (Some(m), false) => {
-            let mb = on_same_device(op, "attn_mask", device, m)?;
+            on_same_device(op, "attn_mask", device, m)?;
             if m.padded_shape().dim(3) != kp.dim(2) {
                 return Err(Error::shape(
                     op,
@@ -717,7 +766,7 @@ pub fn scaled_dot_product_attention_decode(
                     m.shape(),
                 ));
             }
-            (Some(mb.clone()), check_decode_mask(op, m, q, batch, seq)?)
+            (Some(m), check_decode_mask(op, m, q, batch, seq)?)
         }
         _ => (None, 0),
     };
@@ -730,14 +779,22 @@ pub fn scaled_dot_product_attention_decode(
         q.layout(),
     )?;
     check_decode_out_mc(op, &mc, nkv)?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::sdpa_decode(&Tt::new(tt, device), op, q, k, v, args);
+        }
+    };
+    let cur_pos = cur_pos.host(op)?;
+    let mask = host_opt(op, "attn_mask", mask)?;
     let out = Tensor::allocate(device, op, out_shape, q.dtype(), q.layout(), &mc)?;
     let len = out_shape.volume();
-    device.host().submit(SdpaDecodeCmd {
+    host.submit(SdpaDecodeCmd {
         op,
-        q: qb.clone(),
-        k: kb.clone(),
-        v: vb.clone(),
-        out: out.device_buffer(op, "output")?.1.clone(),
+        q: q.host_buffer(op, "q")?.clone(),
+        k: k.host_buffer(op, "k")?.clone(),
+        v: v.host_buffer(op, "v")?.clone(),
+        out: out.host_buffer(op, "output")?.clone(),
         page_table: None,
         cur_pos,
         mask,
@@ -826,9 +883,9 @@ pub fn scaled_dot_product_attention(
     args: &SdpaArgs<'_>,
 ) -> Result<Tensor> {
     let op = "ttnn::transformer::scaled_dot_product_attention";
-    let (device, qb) = on_device(op, "q", q)?;
-    let kb = on_same_device(op, "k", device, k)?;
-    let vb = on_same_device(op, "v", device, v)?;
+    let device = on_device(op, "q", q)?;
+    on_same_device(op, "k", device, k)?;
+    on_same_device(op, "v", device, v)?;
     check_prefill_tensor(op, "q", q)?;
     check_prefill_tensor(op, "k", k)?;
     check_prefill_tensor(op, "v", v)?;
@@ -887,7 +944,7 @@ pub fn scaled_dot_product_attention(
     }
     let (mask, mask_per_head) = match args.attn_mask {
         Some(m) => {
-            let mb = on_same_device(op, "attn_mask", device, m)?;
+            on_same_device(op, "attn_mask", device, m)?;
             expect_rank(op, "attn_mask", m, 4)?;
             expect_layout(op, "attn_mask", m, Layout::Tile)?;
             expect_dtype(op, "attn_mask", m, SDPA_TYPES)?;
@@ -916,7 +973,7 @@ pub fn scaled_dot_product_attention(
                     ),
                 ));
             }
-            (Some(mb.clone()), ms.dim(1) == nh && nh > 1)
+            (Some(m), ms.dim(1) == nh && nh > 1)
         }
         None => (None, false),
     };
@@ -928,14 +985,19 @@ pub fn scaled_dot_product_attention(
         out_shape,
         Layout::Tile,
     )?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => return tt_ops::sdpa(&Tt::new(tt, device), op, q, k, v, args),
+    };
+    let mask = host_opt(op, "attn_mask", mask)?;
     let out = Tensor::allocate(device, op, out_shape, q.dtype(), Layout::Tile, &mc)?;
     let len = out_shape.volume();
-    device.host().submit(SdpaPrefillCmd {
+    host.submit(SdpaPrefillCmd {
         op,
-        q: qb.clone(),
-        k: kb.clone(),
-        v: vb.clone(),
-        out: out.device_buffer(op, "output")?.1.clone(),
+        q: q.host_buffer(op, "q")?.clone(),
+        k: k.host_buffer(op, "k")?.clone(),
+        v: v.host_buffer(op, "v")?.clone(),
+        out: out.host_buffer(op, "output")?.clone(),
         mask,
         page_table: None,
         batch,
@@ -986,10 +1048,10 @@ pub fn chunked_scaled_dot_product_attention(
     args: &ChunkedSdpaArgs,
 ) -> Result<Tensor> {
     let op = "ttnn::transformer::chunked_scaled_dot_product_attention";
-    let (device, qb) = on_device(op, "q", q)?;
-    let kb = on_same_device(op, "k", device, k)?;
-    let vb = on_same_device(op, "v", device, v)?;
-    let ptb = on_same_device(op, "page_table_tensor", device, page_table_tensor)?;
+    let device = on_device(op, "q", q)?;
+    on_same_device(op, "k", device, k)?;
+    on_same_device(op, "v", device, v)?;
+    on_same_device(op, "page_table_tensor", device, page_table_tensor)?;
     check_prefill_tensor(op, "q", q)?;
     check_prefill_tensor(op, "k", k)?;
     check_prefill_tensor(op, "v", v)?;
@@ -1063,16 +1125,35 @@ pub fn chunked_scaled_dot_product_attention(
         out_shape,
         Layout::Tile,
     )?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::chunked_sdpa(
+                &Tt::new(tt, device),
+                op,
+                q,
+                k,
+                v,
+                page_table_tensor,
+                chunk_start_idx,
+                args,
+            );
+        }
+    };
     let out = Tensor::allocate(device, op, out_shape, q.dtype(), Layout::Tile, &mc)?;
     let len = out_shape.volume();
-    device.host().submit(SdpaPrefillCmd {
+    host.submit(SdpaPrefillCmd {
         op,
-        q: qb.clone(),
-        k: kb.clone(),
-        v: vb.clone(),
-        out: out.device_buffer(op, "output")?.1.clone(),
+        q: q.host_buffer(op, "q")?.clone(),
+        k: k.host_buffer(op, "k")?.clone(),
+        v: v.host_buffer(op, "v")?.clone(),
+        out: out.host_buffer(op, "output")?.clone(),
         mask: None,
-        page_table: Some(ptb.clone()),
+        page_table: Some(
+            page_table_tensor
+                .host_buffer(op, "page_table_tensor")?
+                .clone(),
+        ),
         batch,
         nh,
         nkv,

@@ -11,18 +11,37 @@
 //! ```
 //! The integer sum is exact, so a row's output does not depend on anything but that row: the op
 //! is batch invariant by construction.
+//!
+//! Backends: the host runs one fused kernel. TT-NN has no such op, so the Tenstorrent backend
+//! lowers it to stock ops (the quantization from abs, max, clamp, reciprocal, multiply, round
+//! and clamp; `linear` against the weight stored as BFLOAT4_B; the scales as multiplies); see
+//! [`ActivationQuant`] for skipping the quantization there.
 
-use std::sync::Arc;
-
-use crate::device::Device;
+use crate::device::{BackendImpl, Device};
 use crate::error::{Error, Result};
-use crate::host::HostBuffer;
 use crate::host::kernels::bitlinear::{BitLinearCmd, QuantizeCmd};
 use crate::ops::{
     FLOAT_TYPES, expect_dtype, expect_layout, on_device, on_same_device, output_memory_config,
 };
 use crate::tensor::Tensor;
+use crate::tt::{Tt, ops as tt_ops};
 use crate::types::{ComputeKernelConfig, DRAM_MEMORY_CONFIG, DataType, Layout, MemoryConfig};
+
+/// Whether [`bitlinear`] quantizes its input activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum ActivationQuant {
+    /// Per-token int8 absmax quantization (HF's `ActQuant`): the model's math, and the only
+    /// mode of the host backend.
+    #[default]
+    Int8PerToken,
+    /// No activation quantization: `y = (x · W^T) * scale` with the activations as they are.
+    /// Tenstorrent backend only, for speed: the quantization lowers to eight elementwise and
+    /// reduction ops per layer, which this mode saves, at the cost of not reproducing the
+    /// model's int8 rounding (outputs differ from the reference by the quantization error,
+    /// about 1/127 of each row's absmax per input). The host backend refuses it (its fused
+    /// integer kernel is exact and faster than float math there).
+    Skip,
+}
 
 /// How `weight_scale` enters the output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -51,8 +70,11 @@ pub struct BitLinearArgs<'a> {
     pub memory_config: Option<MemoryConfig>,
     /// Output dtype (a float type). Default: the input's.
     pub dtype: Option<DataType>,
-    /// Kept for the TT backend; the host's integer math does not depend on it.
+    /// The Tenstorrent backend's matmul settings (default: HiFi2 with fp32 accumulation, under
+    /// which the int8 x ternary sums are exact); the host's integer math does not depend on it.
     pub compute_kernel_config: Option<ComputeKernelConfig>,
+    /// Default: [`ActivationQuant::Int8PerToken`].
+    pub activation_quant: ActivationQuant,
 }
 
 impl Default for BitLinearArgs<'_> {
@@ -64,6 +86,7 @@ impl Default for BitLinearArgs<'_> {
             memory_config: None,
             dtype: None,
             compute_kernel_config: None,
+            activation_quant: ActivationQuant::Int8PerToken,
         }
     }
 }
@@ -78,12 +101,9 @@ pub struct QuantizeActivationsArgs {
 /// The activation dtypes the quantizer reads (it computes in f32, as HF's `ActQuant` does).
 const INPUT_TYPES: &[DataType] = &[DataType::Float32, DataType::Bfloat16];
 
-/// Checks `input` and returns its device buffer and `K`.
-fn check_input<'a>(
-    op: &'static str,
-    input: &'a Tensor,
-) -> Result<(&'a Device, &'a Arc<HostBuffer>, usize)> {
-    let (device, ib) = on_device(op, "input", input)?;
+/// Checks `input` and returns its device and `K`.
+fn check_input<'a>(op: &'static str, input: &'a Tensor) -> Result<(&'a Device, usize)> {
+    let device = on_device(op, "input", input)?;
     expect_dtype(op, "input", input, INPUT_TYPES)?;
     expect_layout(op, "input", input, Layout::Tile)?;
     if input.shape().rank() == 0 || input.shape().last() == 0 {
@@ -94,7 +114,7 @@ fn check_input<'a>(
             input.shape(),
         ));
     }
-    Ok((device, ib, input.shape().last()))
+    Ok((device, input.shape().last()))
 }
 
 /// BitNet b1.58's linear layer: `y = dequant(int8(input) · ternary(weight)^T)` (see the module
@@ -112,8 +132,8 @@ fn check_input<'a>(
 ///   `args.memory_config` or DRAM interleaved.
 pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs<'_>) -> Result<Tensor> {
     let op = "ttnn::experimental::bitlinear";
-    let (device, ib, k) = check_input(op, input)?;
-    let wb = on_same_device(op, "weight", device, weight)?;
+    let (device, k) = check_input(op, input)?;
+    on_same_device(op, "weight", device, weight)?;
     if weight.dtype() != DataType::Ternary {
         return Err(Error::dtype(op, "weight", weight.dtype(), "Ternary"));
     }
@@ -138,22 +158,18 @@ pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs<'_>) -> R
             ),
         ));
     }
-    let weight_scales = match args.weight_scales {
-        Some(t) => {
-            let b = on_same_device(op, "weight_scales", device, t)?;
-            expect_dtype(op, "weight_scales", t, &[DataType::Float32])?;
-            if t.shape().volume() != n {
-                return Err(Error::shape(
-                    op,
-                    "weight_scales",
-                    format!("{n} values (one per output)"),
-                    t.shape(),
-                ));
-            }
-            Some(b.clone())
+    if let Some(t) = args.weight_scales {
+        on_same_device(op, "weight_scales", device, t)?;
+        expect_dtype(op, "weight_scales", t, &[DataType::Float32])?;
+        if t.shape().volume() != n {
+            return Err(Error::shape(
+                op,
+                "weight_scales",
+                format!("{n} values (one per output)"),
+                t.shape(),
+            ));
         }
-        None => None,
-    };
+    }
     let dtype = args.dtype.unwrap_or(input.dtype());
     if !FLOAT_TYPES.contains(&dtype) {
         return Err(Error::dtype(
@@ -166,12 +182,29 @@ pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs<'_>) -> R
     let out_shape = input.shape().with_last(n);
     let requested = args.memory_config.clone().unwrap_or(DRAM_MEMORY_CONFIG);
     let mc = output_memory_config(op, device, Some(&requested), input, out_shape, Layout::Tile)?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::bitlinear(&Tt::new(tt, device), op, input, weight, n, args);
+        }
+    };
+    if args.activation_quant == ActivationQuant::Skip {
+        return Err(Error::NotSupported {
+            op,
+            what: "activation_quant = Skip".into(),
+            backend: "host",
+        });
+    }
+    let weight_scales = match args.weight_scales {
+        Some(t) => Some(t.host_buffer(op, "weight_scales")?.clone()),
+        None => None,
+    };
     let out = Tensor::allocate(device, op, out_shape, dtype, Layout::Tile, &mc)?;
     let rows = input.shape().rows();
-    device.host().submit(BitLinearCmd {
-        input: ib.clone(),
-        weight: wb.clone(),
-        out: out.device_buffer(op, "output")?.1.clone(),
+    host.submit(BitLinearCmd {
+        input: input.host_buffer(op, "input")?.clone(),
+        weight: weight.host_buffer(op, "weight")?.clone(),
+        out: out.host_buffer(op, "output")?.clone(),
         rows,
         k,
         n,
@@ -204,7 +237,7 @@ pub fn quantize_activations_int8(
     args: &QuantizeActivationsArgs,
 ) -> Result<(Tensor, Tensor)> {
     let op = "ttnn::experimental::quantize_activations_int8";
-    let (device, ib, k) = check_input(op, input)?;
+    let (device, k) = check_input(op, input)?;
     let shape = input.shape();
     let s_shape = shape.with_last(1);
     let q_mc = output_memory_config(
@@ -223,13 +256,19 @@ pub fn quantize_activations_int8(
         s_shape,
         Layout::Tile,
     )?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::quantize_activations_int8(&Tt::new(tt, device), op, input, args);
+        }
+    };
     let q = Tensor::allocate(device, op, shape, DataType::Int32, Layout::Tile, &q_mc)?;
     let s = Tensor::allocate(device, op, s_shape, DataType::Float32, Layout::Tile, &s_mc)?;
     let rows = shape.rows();
-    device.host().submit(QuantizeCmd {
-        input: ib.clone(),
-        q_out: q.device_buffer(op, "q")?.1.clone(),
-        s_out: s.device_buffer(op, "scale")?.1.clone(),
+    host.submit(QuantizeCmd {
+        input: input.host_buffer(op, "input")?.clone(),
+        q_out: q.host_buffer(op, "q")?.clone(),
+        s_out: s.host_buffer(op, "scale")?.clone(),
         rows,
         k,
         sx: Vec::with_capacity(if input.dtype() == DataType::Float32 {

@@ -1,6 +1,6 @@
 //! Tensor creation on the device: `zeros`.
 
-use crate::device::Device;
+use crate::device::{BackendImpl, Device};
 use crate::error::Result;
 use crate::tensor::{Tensor, check_tile_dtype};
 use crate::types::{DataType, Layout, MemoryConfig, Shape};
@@ -17,8 +17,19 @@ pub fn zeros(
 ) -> Result<Tensor> {
     let op = "ttnn::zeros";
     check_tile_dtype(op, dtype, layout)?;
-    device.host().ensure_not_capturing(op)?;
+    device.ensure_not_capturing(op)?;
     let shape = shape.into();
     let mc = crate::ops::resolve_shard_spec(op, device, memory_config.clone(), shape, layout)?;
-    Tensor::allocate(device, op, shape, dtype, layout, &mc)
+    match device.backend_impl() {
+        BackendImpl::Host(_) => Tensor::allocate(device, op, shape, dtype, layout, &mc),
+        // With the shard spec resolved as the host does: TT-NN's zeros takes no hint form.
+        BackendImpl::Tt(tt) => crate::tt::ops::zeros(
+            &crate::tt::Tt::new(tt, device),
+            op,
+            shape,
+            dtype,
+            layout,
+            &mc,
+        ),
+    }
 }

@@ -6,12 +6,13 @@
 
 use std::sync::Arc;
 
-use crate::device::Device;
+use crate::device::{BackendImpl, Device};
 use crate::error::{Error, Result};
 use crate::host::data::HostData;
 use crate::host::kernels::data_movement::{BatchOffset, ConcatHeadsCmd, CopyCmd, CreateHeadsCmd};
 use crate::ops::{expect_dtype, expect_layout, expect_rank, on_device, on_same_device};
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::{DeviceBuffer, Storage, Tensor};
+use crate::tt::{Tt, ops as tt_ops};
 use crate::types::{
     BufferType, CoreCoord, CoreRange, CoreRangeSet, DataType, Layout, MemoryConfig, Shape,
     ShardOrientation, ShardSpec, TILE_SIZE, TensorMemoryLayout,
@@ -30,7 +31,8 @@ use crate::types::{
 ///
 /// Host deviation: TT-NN copies a TILE tensor whose tile-padded layout changes (e.g.
 /// `[1, 5, 1, 64]` to `[1, 1, 5, 64]`) into a new buffer; the host keeps the view, so the
-/// modelled memory is not re-accounted for that case.
+/// modelled memory is not re-accounted for that case. On the Tenstorrent backend this is
+/// TT-NN's reshape (a view or a copy, as TT-NN decides).
 pub fn reshape(tensor: &Tensor, shape: impl Into<Shape>) -> Result<Tensor> {
     let op = "ttnn::reshape";
     let shape = shape.into();
@@ -44,6 +46,14 @@ pub fn reshape(tensor: &Tensor, shape: impl Into<Shape>) -> Result<Tensor> {
             tensor.shape().to_string(),
             shape,
         ));
+    }
+    if let Storage::Device {
+        device,
+        buffer: DeviceBuffer::Tt(_),
+    } = &tensor.storage
+        && let BackendImpl::Tt(tt) = device.backend_impl()
+    {
+        return tt_ops::reshape(&Tt::new(tt, device), op, tensor, shape, None);
     }
     let dtype = tensor.dtype();
     if !dtype.requires_tile_layout() || shape.last() == tensor.shape().last() {
@@ -60,18 +70,85 @@ pub fn reshape(tensor: &Tensor, shape: impl Into<Shape>) -> Result<Tensor> {
                 Storage::Host(Arc::new(data)),
             ))
         }
-        Storage::Device { device, buffer, .. } => {
+        Storage::Device { device, .. } => {
+            let host = match device.backend_impl() {
+                BackendImpl::Host(host) => host,
+                BackendImpl::Tt(tt) => {
+                    return tt_ops::reshape(&Tt::new(tt, device), op, tensor, shape, None);
+                }
+            };
             let mc =
                 crate::ops::output_memory_config(op, device, None, tensor, shape, tensor.layout())?;
             let out = Tensor::allocate(device, op, shape, dtype, tensor.layout(), &mc)?;
-            device.host().submit(CopyCmd {
-                src: buffer.clone(),
-                dst: out.device_buffer(op, "output")?.1.clone(),
+            host.submit(CopyCmd {
+                src: tensor.host_buffer(op, "the tensor")?.clone(),
+                dst: out.host_buffer(op, "output")?.clone(),
                 scratch: Vec::with_capacity(shape.volume()),
             })?;
             Ok(out)
         }
     }
+}
+
+/// [`reshape`] with an explicit padded shape (TT-NN's `ttnn.reshape(x, shape, padded_shape)`,
+/// which tt_transformers uses to keep a tile-padded view, e.g. `[1, 1, B, dim]` padded to
+/// `[1, 1, 32, dim]`). `padded_shape` needs `shape`'s rank and no dimension below it.
+///
+/// Host rule: the host derives every tensor's padding from its layout (TILE pads the last two
+/// dimensions to 32, ROW_MAJOR pads nothing), so `padded_shape` must be exactly that padding of
+/// `shape`; any other padding is an error naming the padding the host would use. The
+/// Tenstorrent backend passes the padded shape to TT-NN, which stores any valid padding.
+pub fn reshape_padded(
+    tensor: &Tensor,
+    shape: impl Into<Shape>,
+    padded_shape: impl Into<Shape>,
+) -> Result<Tensor> {
+    let op = "ttnn::reshape";
+    let (shape, padded_shape) = (shape.into(), padded_shape.into());
+    if padded_shape.rank() != shape.rank()
+        || padded_shape
+            .dims()
+            .iter()
+            .zip(shape.dims())
+            .any(|(p, s)| p < s)
+    {
+        return Err(Error::shape(
+            op,
+            format!("the padded shape (rank and dims at least those of {shape})"),
+            shape.to_string(),
+            padded_shape,
+        ));
+    }
+    if let Storage::Device {
+        device,
+        buffer: DeviceBuffer::Tt(_),
+    } = &tensor.storage
+        && let BackendImpl::Tt(tt) = device.backend_impl()
+    {
+        if shape.volume() != tensor.shape().volume() {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "the new shape (volumes must match: the tensor has {} elements)",
+                    tensor.shape().volume()
+                ),
+                tensor.shape().to_string(),
+                shape,
+            ));
+        }
+        return tt_ops::reshape(&Tt::new(tt, device), op, tensor, shape, Some(padded_shape));
+    }
+    let derived = shape.padded(tensor.layout());
+    if padded_shape != derived {
+        return Err(Error::arg(
+            op,
+            format!(
+                "padded shape {padded_shape} is not {derived}, the {:?} padding of {shape}; the host backend derives padding from the layout and cannot store other padding",
+                tensor.layout()
+            ),
+        ));
+    }
+    reshape(tensor, shape)
 }
 
 /// Prepends 1s up to rank 4 (TT-NN's `ttnn.unsqueeze_to_4D`); a tensor of higher rank must have
@@ -80,20 +157,62 @@ pub fn unsqueeze_to_4d(tensor: &Tensor) -> Result<Tensor> {
     let op = "ttnn::unsqueeze_to_4D";
     let s = tensor.shape();
     let r = s.rank();
-    if r <= 4 {
+    let shape = if r <= 4 {
         let mut dims = [1usize; 4];
         dims[4 - r..].copy_from_slice(s.dims());
-        return Ok(tensor.view(Shape::new(&dims)));
+        Shape::new(&dims)
+    } else {
+        if s.dims()[..r - 4].iter().any(|&d| d != 1) {
+            return Err(Error::shape(
+                op,
+                "the tensor (dims before the last 4 must be 1)",
+                "rank <= 4",
+                s,
+            ));
+        }
+        Shape::new(&s.dims()[r - 4..])
+    };
+    match &tensor.storage {
+        Storage::Device { device, .. } => match device.backend_impl() {
+            BackendImpl::Host(_) => Ok(tensor.view(shape)),
+            BackendImpl::Tt(tt) => tt_ops::reshape(&Tt::new(tt, device), op, tensor, shape, None),
+        },
+        Storage::Host(_) => Ok(tensor.view(shape)),
     }
-    if s.dims()[..r - 4].iter().any(|&d| d != 1) {
-        return Err(Error::shape(
-            op,
-            "the tensor (dims before the last 4 must be 1)",
-            "rank <= 4",
-            s,
-        ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// to_layout
+
+/// The tensor in `layout` (TT-NN's `ttnn.to_layout`: tilize / untilize), on the host or on a
+/// device. Same shape and dtype; block-float and ternary tensors exist only in TILE layout.
+/// Already in `layout`: the same tensor (a handle sharing the buffer), as TT-NN returns it. On a
+/// device the result is a new buffer with the input's memory config (a sharded config gets its
+/// spec re-derived when the padded shape changes) and bit-exact values; a host tensor is
+/// converted as [`Tensor::to_layout`] does.
+pub fn to_layout(tensor: &Tensor, layout: Layout) -> Result<Tensor> {
+    let op = "ttnn::to_layout";
+    if tensor.layout() == layout {
+        return Ok(tensor.clone());
     }
-    Ok(tensor.view(Shape::new(&s.dims()[r - 4..])))
+    crate::tensor::check_tile_dtype(op, tensor.dtype(), layout)?;
+    let device = match &tensor.storage {
+        Storage::Host(_) => return tensor.to_layout(layout),
+        Storage::Device { device, .. } => device,
+    };
+    let shape = tensor.shape();
+    let mc = crate::ops::output_memory_config(op, device, None, tensor, shape, layout)?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => return tt_ops::to_layout(&Tt::new(tt, device), op, tensor, layout),
+    };
+    let out = Tensor::allocate(device, op, shape, tensor.dtype(), layout, &mc)?;
+    host.submit(CopyCmd {
+        src: tensor.host_buffer(op, "the tensor")?.clone(),
+        dst: out.host_buffer(op, "output")?.clone(),
+        scratch: conversion_scratch(tensor.dtype(), tensor.dtype(), shape.volume()),
+    })?;
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -112,7 +231,7 @@ pub fn to_memory_config(
     dtype: Option<DataType>,
 ) -> Result<Tensor> {
     let op = "ttnn::to_memory_config";
-    let (device, buf) = on_device(op, "the tensor", tensor)?;
+    let device = on_device(op, "the tensor", tensor)?;
     if tensor.memory_config() == Some(memory_config) {
         return Ok(tensor.clone());
     }
@@ -129,10 +248,23 @@ pub fn to_memory_config(
     let layout = tensor.layout();
     crate::tensor::check_tile_dtype(op, dtype, layout)?;
     let shape = tensor.shape();
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            let requested = (dtype != tensor.dtype()).then_some(dtype);
+            return tt_ops::to_memory_config(
+                &Tt::new(tt, device),
+                op,
+                tensor,
+                memory_config,
+                requested,
+            );
+        }
+    };
     let out = Tensor::allocate(device, op, shape, dtype, layout, memory_config)?;
-    device.host().submit(CopyCmd {
-        src: buf.clone(),
-        dst: out.device_buffer(op, "output")?.1.clone(),
+    host.submit(CopyCmd {
+        src: tensor.host_buffer(op, "the tensor")?.clone(),
+        dst: out.host_buffer(op, "output")?.clone(),
         scratch: conversion_scratch(tensor.dtype(), dtype, shape.volume()),
     })?;
     Ok(out)
@@ -169,8 +301,8 @@ const COPY_TYPES: &[DataType] = &[
 /// copy is bit-exact.
 pub fn copy(src: &Tensor, dst: &Tensor) -> Result<Tensor> {
     let op = "ttnn::copy";
-    let (device, sb) = on_device(op, "src", src)?;
-    let db = on_same_device(op, "dst", device, dst)?;
+    let device = on_device(op, "src", src)?;
+    on_same_device(op, "dst", device, dst)?;
     expect_dtype(op, "src", src, COPY_TYPES)?;
     expect_dtype(op, "dst", dst, COPY_TYPES)?;
     if src.shape() != dst.shape() || src.padded_shape() != dst.padded_shape() {
@@ -204,13 +336,20 @@ pub fn copy(src: &Tensor, dst: &Tensor) -> Result<Tensor> {
             ),
         ));
     }
-    if Arc::ptr_eq(sb, db) {
+    if src.shares_buffer_with(dst) {
         // The same buffer: nothing to move (and one buffer must not be locked twice).
         return Ok(dst.clone());
     }
-    device.host().submit(CopyCmd {
-        src: sb.clone(),
-        dst: db.clone(),
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            tt_ops::copy(&Tt::new(tt, device), op, src, dst)?;
+            return Ok(dst.clone());
+        }
+    };
+    host.submit(CopyCmd {
+        src: src.host_buffer(op, "src")?.clone(),
+        dst: dst.host_buffer(op, "dst")?.clone(),
         scratch: conversion_scratch(src.dtype(), dst.dtype(), src.shape().volume()),
     })?;
     Ok(dst.clone())
@@ -352,7 +491,7 @@ pub fn nlp_create_qkv_heads_decode(
     args: &NlpCreateQkvHeadsDecodeArgs<'_>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let op = "ttnn::experimental::nlp_create_qkv_heads_decode";
-    let (device, ib) = on_device(op, "input", input)?;
+    let device = on_device(op, "input", input)?;
     expect_dtype(op, "input (Unsupported data format)", input, DECODE_TYPES)?;
     expect_layout(op, "input", input, Layout::Tile)?;
     expect_rank(op, "input", input, 4)?;
@@ -428,7 +567,7 @@ pub fn nlp_create_qkv_heads_decode(
         match (args.batch_offset, args.slice_size) {
             (None, None) => {}
             (Some(bo), Some(slice)) => {
-                let bob = on_same_device(op, "batch_offset", device, bo)?;
+                on_same_device(op, "batch_offset", device, bo)?;
                 expect_dtype(op, "batch_offset", bo, &[DataType::Uint32, DataType::Int32])?;
                 if bo.shape().rank() == 0 || bo.shape().dims()[0] != 1 || bo.shape().volume() == 0 {
                     return Err(Error::shape(
@@ -445,10 +584,7 @@ pub fn nlp_create_qkv_heads_decode(
                     ));
                 }
                 out_users = slice;
-                batch_offset = Some(BatchOffset {
-                    buffer: bob.clone(),
-                    input_users: users,
-                });
+                batch_offset = Some((bo, users));
             }
             _ => {
                 return Err(Error::arg(
@@ -512,6 +648,25 @@ pub fn nlp_create_qkv_heads_decode(
     let q_mc = l1_sharded(op, hs, q_cores, [heads_pad, hd])?;
     let k_mc = l1_sharded(op, hs, k_cores, [heads_pad, hd])?;
     let v_mc = l1_sharded(op, hs, q_cores, [heads_pad, hd])?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::nlp_create_qkv_heads_decode(
+                &Tt::new(tt, device),
+                op,
+                input,
+                num_heads,
+                args,
+            );
+        }
+    };
+    let batch_offset = match batch_offset {
+        Some((bo, input_users)) => Some(BatchOffset {
+            buffer: bo.host_buffer(op, "batch_offset")?.clone(),
+            input_users,
+        }),
+        None => None,
+    };
     let dtype = input.dtype();
     let q = Tensor::allocate(
         device,
@@ -524,13 +679,13 @@ pub fn nlp_create_qkv_heads_decode(
     let kv_shape = Shape::new(&[1, out_users, nkv, hd]);
     let k = Tensor::allocate(device, op, kv_shape, dtype, Layout::Tile, &k_mc)?;
     let v = Tensor::allocate(device, op, kv_shape, dtype, Layout::Tile, &v_mc)?;
-    device.host().submit(CreateHeadsCmd {
+    host.submit(CreateHeadsCmd {
         op,
-        input: ib.clone(),
+        input: input.host_buffer(op, "input")?.clone(),
         input_kv: None,
-        q: q.device_buffer(op, "q")?.1.clone(),
-        k: k.device_buffer(op, "k")?.1.clone(),
-        v: v.device_buffer(op, "v")?.1.clone(),
+        q: q.host_buffer(op, "q")?.clone(),
+        k: k.host_buffer(op, "k")?.clone(),
+        v: v.host_buffer(op, "v")?.clone(),
         batch: out_users,
         seq: 1,
         num_heads,
@@ -577,7 +732,7 @@ pub fn nlp_concat_heads_decode(
     args: &NlpConcatHeadsDecodeArgs,
 ) -> Result<Tensor> {
     let op = "ttnn::experimental::nlp_concat_heads_decode";
-    let (device, ib) = on_device(op, "input", input)?;
+    let device = on_device(op, "input", input)?;
     expect_dtype(op, "input", input, DECODE_TYPES)?;
     expect_layout(op, "input", input, Layout::Tile)?;
     expect_rank(op, "input", input, 4)?;
@@ -660,10 +815,22 @@ pub fn nlp_concat_heads_decode(
         [TILE_SIZE, hd],
     )?;
     let out_shape = Shape::new(&[1, 1, users, num_heads * hd]);
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::nlp_concat_heads_decode(
+                &Tt::new(tt, device),
+                op,
+                input,
+                num_heads,
+                args,
+            );
+        }
+    };
     let out = Tensor::allocate(device, op, out_shape, input.dtype(), Layout::Tile, &mc)?;
-    device.host().submit(ConcatHeadsCmd {
-        input: ib.clone(),
-        out: out.device_buffer(op, "output")?.1.clone(),
+    host.submit(ConcatHeadsCmd {
+        input: input.host_buffer(op, "input")?.clone(),
+        out: out.host_buffer(op, "output")?.clone(),
         batch: users,
         seq: 1,
         heads: num_heads,
@@ -715,7 +882,7 @@ pub fn nlp_create_qkv_heads(
     args: &NlpCreateQkvHeadsArgs<'_>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let op = "ttnn::experimental::nlp_create_qkv_heads";
-    let (device, ib) = on_device(op, "input", input)?;
+    let device = on_device(op, "input", input)?;
     expect_dtype(op, "input (Unsupported data format)", input, PREFILL_TYPES)?;
     expect_layout(op, "input", input, Layout::Tile)?;
     expect_rank(op, "input", input, 4)?;
@@ -754,9 +921,9 @@ pub fn nlp_create_qkv_heads(
         ));
     }
 
-    let (kv_buf, kv_w, hd) = match args.input_kv {
+    let (kv_w, hd) = match args.input_kv {
         Some(kv) => {
-            let kb = on_same_device(op, "input_kv", device, kv)?;
+            on_same_device(op, "input_kv", device, kv)?;
             if kv.dtype() != input.dtype() {
                 return Err(Error::dtype(
                     op,
@@ -800,7 +967,7 @@ pub fn nlp_create_qkv_heads(
                     ks,
                 ));
             }
-            (Some(kb.clone()), kw, width / num_heads)
+            (kw, width / num_heads)
         }
         None => {
             let total = num_heads + 2 * nkv;
@@ -814,7 +981,7 @@ pub fn nlp_create_qkv_heads(
                     s,
                 ));
             }
-            (None, width, width / total)
+            (width, width / total)
         }
     };
     check_head_dim(op, hd, input)?;
@@ -827,17 +994,27 @@ pub fn nlp_create_qkv_heads(
     } else {
         v_shape
     };
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::nlp_create_qkv_heads(&Tt::new(tt, device), op, input, num_heads, args);
+        }
+    };
+    let kv_buf = match args.input_kv {
+        Some(kv) => Some(kv.host_buffer(op, "input_kv")?.clone()),
+        None => None,
+    };
     let q = Tensor::allocate(device, op, q_shape, dtype, Layout::Tile, &mc)?;
     let k = Tensor::allocate(device, op, k_shape, dtype, Layout::Tile, &mc)?;
     let v = Tensor::allocate(device, op, v_shape, dtype, Layout::Tile, &mc)?;
     let block_t = args.transpose_k_heads && dtype.requires_tile_layout();
-    device.host().submit(CreateHeadsCmd {
+    host.submit(CreateHeadsCmd {
         op,
-        input: ib.clone(),
+        input: input.host_buffer(op, "input")?.clone(),
         input_kv: kv_buf,
-        q: q.device_buffer(op, "q")?.1.clone(),
-        k: k.device_buffer(op, "k")?.1.clone(),
-        v: v.device_buffer(op, "v")?.1.clone(),
+        q: q.host_buffer(op, "q")?.clone(),
+        k: k.host_buffer(op, "k")?.clone(),
+        v: v.host_buffer(op, "v")?.clone(),
         batch,
         seq,
         num_heads,
@@ -862,7 +1039,7 @@ pub fn nlp_create_qkv_heads(
 /// Host deviation: `hd` must be a multiple of 32.
 pub fn nlp_concat_heads(input: &Tensor, memory_config: Option<&MemoryConfig>) -> Result<Tensor> {
     let op = "ttnn::experimental::nlp_concat_heads";
-    let (device, ib) = on_device(op, "input", input)?;
+    let device = on_device(op, "input", input)?;
     expect_dtype(op, "input", input, PREFILL_TYPES)?;
     expect_layout(op, "input", input, Layout::Tile)?;
     expect_rank(op, "input", input, 4)?;
@@ -910,10 +1087,16 @@ pub fn nlp_concat_heads(input: &Tensor, memory_config: Option<&MemoryConfig>) ->
         out_shape,
         Layout::Tile,
     )?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::nlp_concat_heads(&Tt::new(tt, device), op, input, memory_config);
+        }
+    };
     let out = Tensor::allocate(device, op, out_shape, input.dtype(), Layout::Tile, &mc)?;
-    device.host().submit(ConcatHeadsCmd {
-        input: ib.clone(),
-        out: out.device_buffer(op, "output")?.1.clone(),
+    host.submit(ConcatHeadsCmd {
+        input: input.host_buffer(op, "input")?.clone(),
+        out: out.host_buffer(op, "output")?.clone(),
         batch,
         seq,
         heads,
@@ -938,7 +1121,7 @@ pub struct SliceArgs {
 /// copied exactly (block floats through f32, re-grouped when the last dimension is cut).
 pub fn slice(input: &Tensor, starts: &[usize], ends: &[usize], args: &SliceArgs) -> Result<Tensor> {
     let op = "ttnn::slice";
-    let (device, ib) = on_device(op, "input", input)?;
+    let device = on_device(op, "input", input)?;
     let shape = input.shape();
     let rank = shape.rank();
     if starts.len() != rank || ends.len() != rank {
@@ -973,6 +1156,19 @@ pub fn slice(input: &Tensor, starts: &[usize], ends: &[usize], args: &SliceArgs)
         out_shape,
         input.layout(),
     )?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::slice(
+                &Tt::new(tt, device),
+                op,
+                input,
+                starts,
+                ends,
+                args.memory_config.as_ref(),
+            );
+        }
+    };
     let out = Tensor::allocate(device, op, out_shape, input.dtype(), input.layout(), &mc)?;
     let mut in_strides = [0usize; crate::types::MAX_RANK];
     let mut s = 1;
@@ -993,17 +1189,15 @@ pub fn slice(input: &Tensor, starts: &[usize], ends: &[usize], args: &SliceArgs)
             | DataType::Uint8
             | DataType::Bfloat16
     );
-    device
-        .host()
-        .submit(crate::host::kernels::data_movement::SliceCmd {
-            input: ib.clone(),
-            out: out.device_buffer(op, "output")?.1.clone(),
-            rank,
-            in_strides,
-            start,
-            out_dims,
-            sin: Vec::with_capacity(if float_path { shape.volume() } else { 0 }),
-            sout: Vec::with_capacity(if float_path { out_shape.volume() } else { 0 }),
-        })?;
+    host.submit(crate::host::kernels::data_movement::SliceCmd {
+        input: input.host_buffer(op, "input")?.clone(),
+        out: out.host_buffer(op, "output")?.clone(),
+        rank,
+        in_strides,
+        start,
+        out_dims,
+        sin: Vec::with_capacity(if float_path { shape.volume() } else { 0 }),
+        sout: Vec::with_capacity(if float_path { out_shape.volume() } else { 0 }),
+    })?;
     Ok(out)
 }

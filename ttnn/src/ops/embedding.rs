@@ -1,9 +1,11 @@
 //! `embedding`: row lookup (token embeddings, RoPE table rows).
 
+use crate::device::BackendImpl;
 use crate::error::{Error, Result};
 use crate::host::kernels::embedding::EmbeddingCmd;
 use crate::ops::{FLOAT_TYPES, expect_dtype, on_device, on_same_device, output_memory_config};
 use crate::tensor::Tensor;
+use crate::tt::{Tt, ops as tt_ops};
 use crate::types::{DataType, Layout, MemoryConfig, Shape, TILE_SIZE, TensorMemoryLayout};
 
 const OP: &str = "ttnn::embedding";
@@ -54,8 +56,8 @@ pub struct EmbeddingArgs {
 /// at position -1 looks up its RoPE rows from the very positions tensor the cache ops skip it
 /// by). With an unchanged dtype, output rows are bit-exact copies of weight rows.
 pub fn embedding(input_ids: &Tensor, weight: &Tensor, args: &EmbeddingArgs) -> Result<Tensor> {
-    let (device, ids_buf) = on_device(OP, "input_ids", input_ids)?;
-    let wb = on_same_device(OP, "weight", device, weight)?;
+    let device = on_device(OP, "input_ids", input_ids)?;
+    on_same_device(OP, "weight", device, weight)?;
     expect_dtype(
         OP,
         "input_ids (Input must be UINT32 or BFLOAT16)",
@@ -185,12 +187,18 @@ pub fn embedding(input_ids: &Tensor, weight: &Tensor, args: &EmbeddingArgs) -> R
         out_shape,
         layout,
     )?;
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::embedding(&Tt::new(tt, device), OP, input_ids, weight, args);
+        }
+    };
     let out = Tensor::allocate(device, OP, out_shape, dtype, layout, &mc)?;
     let tokens = batch * seq;
     let cmd = EmbeddingCmd {
-        ids: ids_buf.clone(),
-        weight: wb.clone(),
-        out: out.device_buffer(OP, "output")?.1.clone(),
+        ids: input_ids.host_buffer(OP, "input_ids")?.clone(),
+        weight: weight.host_buffer(OP, "weight")?.clone(),
+        out: out.host_buffer(OP, "output")?.clone(),
         tokens,
         vocab,
         dim,
@@ -206,6 +214,6 @@ pub fn embedding(input_ids: &Tensor, weight: &Tensor, args: &EmbeddingArgs) -> R
             0
         }),
     };
-    device.host().submit(cmd)?;
+    host.submit(cmd)?;
     Ok(out)
 }

@@ -11,12 +11,14 @@
 //! the op runs (eagerly: by the call; in a trace: by `execute_trace`); a bad one is an error
 //! naming the op and the value, and nothing is written.
 
+use crate::device::BackendImpl;
 use crate::error::{Error, Result};
 use crate::host::kernels::kv_cache::{BatchIdx, FillCacheCmd, UpdateCacheCmd, UpdateIdxs};
 use crate::ops::{
     FLOAT_TYPES, expect_dtype, expect_layout, expect_rank, on_device, on_same_device,
 };
 use crate::tensor::Tensor;
+use crate::tt::{Tt, ops as tt_ops};
 use crate::types::{
     BufferType, ComputeKernelConfig, DataType, Layout, ShardOrientation, TensorMemoryLayout,
 };
@@ -95,8 +97,8 @@ pub fn paged_update_cache(
     args: &PagedUpdateCacheArgs<'_>,
 ) -> Result<Tensor> {
     let op = "ttnn::experimental::paged_update_cache";
-    let (device, cb) = on_device(op, "cache", cache)?;
-    let ib = on_same_device(op, "input", device, input)?;
+    let device = on_device(op, "cache", cache)?;
+    on_same_device(op, "input", device, input)?;
     if cache.shares_buffer_with(input) {
         return Err(Error::arg(op, "input and cache must be different tensors"));
     }
@@ -125,7 +127,7 @@ pub fn paged_update_cache(
         ));
     }
     let batch = ip.dim(1);
-    let (max_blocks, cols, page_table) = match args.page_table {
+    let (max_blocks, cols) = match args.page_table {
         None => {
             if args.share_cache {
                 if cp.dim(0) != 1 {
@@ -139,10 +141,10 @@ pub fn paged_update_cache(
                     cs,
                 ));
             }
-            (0, 1, None)
+            (0, 1)
         }
         Some(pt) => {
-            let ptb = on_same_device(op, "page_table", device, pt)?;
+            on_same_device(op, "page_table", device, pt)?;
             if args.share_cache {
                 return Err(Error::arg(
                     op,
@@ -196,12 +198,12 @@ pub fn paged_update_cache(
                     pt.shape(),
                 ));
             }
-            (cs.dim(0), pt.shape().dim(1), Some(ptb.clone()))
+            (cs.dim(0), pt.shape().dim(1))
         }
     };
     let idxs = match (args.update_idxs_tensor, args.update_idxs.is_empty()) {
         (Some(t), true) => {
-            let tb = on_same_device(op, "update_idxs_tensor", device, t)?;
+            on_same_device(op, "update_idxs_tensor", device, t)?;
             if t.dtype() != DataType::Int32 {
                 return Err(Error::dtype(op, "update_idxs_tensor", t.dtype(), "Int32"));
             }
@@ -256,7 +258,7 @@ pub fn paged_update_cache(
                     t.shape(),
                 ));
             }
-            UpdateIdxs::Tensor(tb.clone())
+            None
         }
         (None, false) => {
             if args.update_idxs.len() != batch {
@@ -280,7 +282,7 @@ pub fn paged_update_cache(
                     format!("update_idxs[{b}] = {p} is outside the cache's {seq} positions"),
                 ));
             }
-            UpdateIdxs::List(args.update_idxs.clone())
+            Some(UpdateIdxs::List(args.update_idxs.clone()))
         }
         _ => {
             return Err(Error::arg(
@@ -328,10 +330,28 @@ pub fn paged_update_cache(
             format!("batch_offset must be 0, got {}", args.batch_offset),
         ));
     }
-    device.host().submit(UpdateCacheCmd {
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            tt_ops::paged_update_cache(&Tt::new(tt, device), op, cache, input, args)?;
+            return Ok(cache.clone());
+        }
+    };
+    let idxs = match (idxs, args.update_idxs_tensor) {
+        (Some(list), _) => list,
+        (None, Some(t)) => UpdateIdxs::Tensor(t.host_buffer(op, "update_idxs_tensor")?.clone()),
+        (None, None) => {
+            return Err(Error::arg(op, "update_idxs_tensor is missing"));
+        }
+    };
+    let page_table = match args.page_table {
+        Some(pt) => Some(pt.host_buffer(op, "page_table")?.clone()),
+        None => None,
+    };
+    host.submit(UpdateCacheCmd {
         op,
-        cache: cb.clone(),
-        input: ib.clone(),
+        cache: cache.host_buffer(op, "cache")?.clone(),
+        input: input.host_buffer(op, "input")?.clone(),
         idxs,
         page_table,
         batch,
@@ -374,9 +394,9 @@ pub fn paged_fill_cache(
     args: &PagedFillCacheArgs<'_>,
 ) -> Result<Tensor> {
     let op = "ttnn::experimental::paged_fill_cache";
-    let (device, cb) = on_device(op, "cache", cache)?;
-    let ib = on_same_device(op, "input", device, input)?;
-    let ptb = on_same_device(op, "page_table", device, page_table)?;
+    let device = on_device(op, "cache", cache)?;
+    on_same_device(op, "input", device, input)?;
+    on_same_device(op, "page_table", device, page_table)?;
     if cache.shares_buffer_with(input) {
         return Err(Error::arg(op, "input and cache must be different tensors"));
     }
@@ -452,7 +472,7 @@ pub fn paged_fill_cache(
     }
     let batch_idx = match args.batch_idx_tensor {
         Some(t) => {
-            let tb = on_same_device(op, "batch_idx_tensor", device, t)?;
+            on_same_device(op, "batch_idx_tensor", device, t)?;
             if t.shape().volume() != 1 {
                 return Err(Error::shape(
                     op,
@@ -467,7 +487,7 @@ pub fn paged_fill_cache(
                 t,
                 &[DataType::Uint32, DataType::Int32],
             )?;
-            BatchIdx::Tensor(tb.clone())
+            None
         }
         None => {
             if args.batch_idx as usize >= ps.dim(0) {
@@ -480,14 +500,26 @@ pub fn paged_fill_cache(
                     ),
                 ));
             }
-            BatchIdx::Fixed(args.batch_idx as usize)
+            Some(BatchIdx::Fixed(args.batch_idx as usize))
         }
     };
-    device.host().submit(FillCacheCmd {
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            tt_ops::paged_fill_cache(&Tt::new(tt, device), op, cache, input, page_table, args)?;
+            return Ok(cache.clone());
+        }
+    };
+    let batch_idx = match (batch_idx, args.batch_idx_tensor) {
+        (Some(b), _) => b,
+        (None, Some(t)) => BatchIdx::Tensor(t.host_buffer(op, "batch_idx_tensor")?.clone()),
+        (None, None) => return Err(Error::arg(op, "batch_idx_tensor is missing")),
+    };
+    host.submit(FillCacheCmd {
         op,
-        cache: cb.clone(),
-        input: ib.clone(),
-        page_table: ptb.clone(),
+        cache: cache.host_buffer(op, "cache")?.clone(),
+        input: input.host_buffer(op, "input")?.clone(),
+        page_table: page_table.host_buffer(op, "page_table")?.clone(),
         batch_idx,
         nkv: cs.dim(1),
         hd: cs.dim(3),

@@ -10,6 +10,7 @@
 //! The host computes in f32 with a fixed accumulation order per output element, independent of
 //! how many rows are computed together and of the thread split, then rounds to the output dtype.
 
+use crate::device::BackendImpl;
 use crate::error::{Error, Result};
 use crate::host::kernels::matmul::{MatmulCmd, MatmulDims};
 use crate::ops::eltwise::UnaryOp;
@@ -17,6 +18,7 @@ use crate::ops::{
     FLOAT_TYPES, expect_dtype, expect_layout, on_device, on_same_device, resolve_shard_spec,
 };
 use crate::tensor::Tensor;
+use crate::tt::{Tt, ops as tt_ops};
 use crate::types::{
     ComputeKernelConfig, CoreCoord, CoreRangeSet, DRAM_MEMORY_CONFIG, DataType, Layout,
     MemoryConfig, Shape, ShardOrientation, ShardSpec, TILE_SIZE, TensorMemoryLayout,
@@ -581,21 +583,17 @@ fn shard_spec_from_program_config(
 }
 
 fn run(op: &'static str, a: &Tensor, b: &Tensor, args: &LinearArgs<'_>) -> Result<Tensor> {
-    let (device, ab) = on_device(op, "a", a)?;
-    let bb = on_same_device(op, "b", device, b)?;
+    let device = on_device(op, "a", a)?;
+    on_same_device(op, "b", device, b)?;
     for (what, t) in [("a", a), ("b", b)] {
         expect_layout(op, what, t, Layout::Tile)?;
         expect_dtype(op, what, t, FLOAT_TYPES)?;
     }
     let p = plan(op, a.shape(), b.shape(), args.transpose_a, args.transpose_b)?;
-    let bias_buf = match args.bias {
-        Some(bias) => {
-            let buf = on_same_device(op, "bias", device, bias)?;
-            check_bias(op, bias, &p)?;
-            Some((buf.clone(), bias.dtype(), bias.shape().volume()))
-        }
-        None => None,
-    };
+    if let Some(bias) = args.bias {
+        on_same_device(op, "bias", device, bias)?;
+        check_bias(op, bias, &p)?;
+    }
     let dtype = args.dtype.unwrap_or(a.dtype());
     if !FLOAT_TYPES.contains(&dtype) {
         return Err(Error::dtype(
@@ -637,6 +635,21 @@ fn run(op: &'static str, a: &Tensor, b: &Tensor, args: &LinearArgs<'_>) -> Resul
     } else {
         requested
     };
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            let matmul_entry = op == "ttnn::matmul";
+            return tt_ops::linear(&Tt::new(tt, device), op, a, b, args, matmul_entry);
+        }
+    };
+    let bias_buf = match args.bias {
+        Some(bias) => Some((
+            bias.host_buffer(op, "bias")?.clone(),
+            bias.dtype(),
+            bias.shape().volume(),
+        )),
+        None => None,
+    };
     let out = Tensor::allocate(device, op, p.out_shape, dtype, layout, &mc)?;
     let mut acts = Vec::with_capacity(2);
     acts.extend(args.program_config.and_then(|pc| pc.fused_activation()));
@@ -654,10 +667,10 @@ fn run(op: &'static str, a: &Tensor, b: &Tensor, args: &LinearArgs<'_>) -> Resul
     let int_rows = args.transpose_b && matches!(b.dtype(), DataType::Bfloat8B | DataType::Bfloat4B);
     let (rows, kq) = (p.batch * p.m, p.k.div_ceil(16) * 16);
     let cmd = MatmulCmd {
-        a: ab.clone(),
-        b: bb.clone(),
+        a: a.host_buffer(op, "a")?.clone(),
+        b: b.host_buffer(op, "b")?.clone(),
         bias,
-        out: out.device_buffer(op, "output")?.1.clone(),
+        out: out.host_buffer(op, "output")?.clone(),
         dims: MatmulDims {
             batch: p.batch,
             bcast_b: p.batch_b == 1,
@@ -683,6 +696,6 @@ fn run(op: &'static str, a: &Tensor, b: &Tensor, args: &LinearArgs<'_>) -> Resul
         sq: Vec::with_capacity(if int_rows { rows * kq } else { 0 }),
         sqs: Vec::with_capacity(if int_rows { rows } else { 0 }),
     };
-    device.host().submit(cmd)?;
+    host.submit(cmd)?;
     Ok(out)
 }

@@ -13,42 +13,38 @@ pub mod embedding;
 pub mod kv_cache;
 pub mod matmul;
 pub mod norm;
+pub mod reduction;
 pub mod rotary;
 pub mod sampling;
 
 pub use eltwise::{
-    BinaryArgs, BinaryOpType, UnaryArgs, UnaryOp, add, multiply, relu, square, subtract, typecast,
-    unary_chain,
+    BinaryArgs, BinaryOpType, UnaryArgs, UnaryOp, abs, add, add_scalar, clamp, exp, multiply,
+    multiply_scalar, neg, reciprocal, relu, round, silu, square, subtract, subtract_scalar,
+    typecast, unary_chain,
 };
-
-use std::sync::Arc;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::host::HostBuffer;
 use crate::tensor::Tensor;
 use crate::types::{
     CoreCoord, DataType, Layout, MemoryConfig, Shape, ShardOrientation, ShardStrategy, TILE_SIZE,
     TensorMemoryLayout, create_sharded_memory_config,
 };
 
-/// The device and buffer of `t`, which must be on a device.
-pub(crate) fn on_device<'a>(
-    op: &'static str,
-    what: &str,
-    t: &'a Tensor,
-) -> Result<(&'a Device, &'a Arc<HostBuffer>)> {
-    t.device_buffer(op, what)
+/// The device of `t`, which must be on a device. Ops then match on the device's backend once;
+/// every other input is checked to be on the same device, so it has the same backend.
+pub(crate) fn on_device<'a>(op: &'static str, what: &str, t: &'a Tensor) -> Result<&'a Device> {
+    t.device_of(op, what)
 }
 
-/// The buffer of `t`, which must be on `device`.
-pub(crate) fn on_same_device<'a>(
+/// Fails unless `t` is on `device`.
+pub(crate) fn on_same_device(
     op: &'static str,
     what: &str,
     device: &Device,
-    t: &'a Tensor,
-) -> Result<&'a Arc<HostBuffer>> {
-    let (d, b) = t.device_buffer(op, what)?;
+    t: &Tensor,
+) -> Result<()> {
+    let d = t.device_of(op, what)?;
     if d != device {
         return Err(Error::WrongStorage {
             op,
@@ -56,7 +52,7 @@ pub(crate) fn on_same_device<'a>(
             expected: "the same device as the first input",
         });
     }
-    Ok(b)
+    Ok(())
 }
 
 /// Fails unless `t`'s dtype is one of `allowed`.

@@ -1,12 +1,11 @@
 //! `rms_norm`.
 
-use std::sync::Arc;
-
+use crate::device::BackendImpl;
 use crate::error::{Error, Result};
-use crate::host::HostBuffer;
 use crate::host::kernels::norm::RmsNormCmd;
 use crate::ops::{expect_dtype, expect_layout, on_device, on_same_device, output_memory_config};
 use crate::tensor::Tensor;
+use crate::tt::{Tt, ops as tt_ops};
 use crate::types::{
     ComputeKernelConfig, CoreCoord, DataType, Layout, MemoryConfig, TILE_SIZE, TensorMemoryLayout,
 };
@@ -100,7 +99,7 @@ impl Default for RmsNormArgs<'_> {
 /// (the host keeps no padding values to add); a ROW_MAJOR gamma/beta may also be a plain row of
 /// exactly `width` values; `inplace` program configs are rejected.
 pub fn rms_norm(input: &Tensor, args: &RmsNormArgs<'_>) -> Result<Tensor> {
-    let (device, ib) = on_device(OP, "input", input)?;
+    let device = on_device(OP, "input", input)?;
     expect_layout(OP, "input", input, Layout::Tile)?;
     expect_dtype(OP, "input", input, INPUT_TYPES)?;
     let shape = input.shape();
@@ -116,25 +115,21 @@ pub fn rms_norm(input: &Tensor, args: &RmsNormArgs<'_>) -> Result<Tensor> {
         ));
     }
 
-    let residual = match args.residual_input_tensor {
-        Some(r) => {
-            let rb = on_same_device(OP, "residual_input_tensor", device, r)?;
-            expect_layout(OP, "residual_input_tensor", r, Layout::Tile)?;
-            expect_dtype(OP, "residual_input_tensor", r, INPUT_TYPES)?;
-            if r.padded_shape() != padded || r.shape() != shape {
-                return Err(Error::shape(
-                    OP,
-                    "residual_input_tensor (must match the input's shape)",
-                    shape.to_string(),
-                    r.shape(),
-                ));
-            }
-            Some(rb.clone())
+    if let Some(r) = args.residual_input_tensor {
+        on_same_device(OP, "residual_input_tensor", device, r)?;
+        expect_layout(OP, "residual_input_tensor", r, Layout::Tile)?;
+        expect_dtype(OP, "residual_input_tensor", r, INPUT_TYPES)?;
+        if r.padded_shape() != padded || r.shape() != shape {
+            return Err(Error::shape(
+                OP,
+                "residual_input_tensor (must match the input's shape)",
+                shape.to_string(),
+                r.shape(),
+            ));
         }
-        None => None,
-    };
-    let gamma = check_affine(device, "weight", args.weight, input)?;
-    let beta = check_affine(device, "bias", args.bias, input)?;
+    }
+    check_affine(device, "weight", args.weight, input)?;
+    check_affine(device, "bias", args.bias, input)?;
     if let (Some(g), Some(b)) = (args.weight, args.bias)
         && g.layout() != b.layout()
     {
@@ -186,6 +181,16 @@ pub fn rms_norm(input: &Tensor, args: &RmsNormArgs<'_>) -> Result<Tensor> {
 
     let mc = output_memory_config(OP, device, requested.as_ref(), input, shape, Layout::Tile)?;
     let dtype = input.dtype();
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => return tt_ops::rms_norm(&Tt::new(tt, device), OP, input, args),
+    };
+    let buf = |t: Option<&Tensor>, what: &str| -> Result<_> {
+        t.map(|t| t.host_buffer(OP, what).cloned()).transpose()
+    };
+    let residual = buf(args.residual_input_tensor, "residual_input_tensor")?;
+    let gamma = buf(args.weight, "weight")?;
+    let beta = buf(args.bias, "bias")?;
     let out = Tensor::allocate(device, OP, shape, dtype, Layout::Tile, &mc)?;
     let len = shape.volume();
     let scratch = |t: &Tensor| {
@@ -196,11 +201,11 @@ pub fn rms_norm(input: &Tensor, args: &RmsNormArgs<'_>) -> Result<Tensor> {
         })
     };
     let cmd = RmsNormCmd {
-        input: ib.clone(),
+        input: input.host_buffer(OP, "input")?.clone(),
         residual,
         gamma,
         beta,
-        out: out.device_buffer(OP, "output")?.1.clone(),
+        out: out.host_buffer(OP, "output")?.clone(),
         rows: shape.rows(),
         width,
         epsilon: args.epsilon,
@@ -210,19 +215,19 @@ pub fn rms_norm(input: &Tensor, args: &RmsNormArgs<'_>) -> Result<Tensor> {
         s_beta: args.bias.map(scratch).unwrap_or_default(),
         s_out: Vec::with_capacity(if dtype == DataType::Float32 { 0 } else { len }),
     };
-    device.host().submit(cmd)?;
+    host.submit(cmd)?;
     Ok(out)
 }
 
-/// Validates gamma or beta as TT-NN does and returns its buffer.
+/// Validates gamma or beta as TT-NN does.
 fn check_affine(
     device: &crate::device::Device,
     what: &'static str,
     t: Option<&Tensor>,
     input: &Tensor,
-) -> Result<Option<Arc<HostBuffer>>> {
-    let Some(t) = t else { return Ok(None) };
-    let buf = on_same_device(OP, what, device, t)?;
+) -> Result<()> {
+    let Some(t) = t else { return Ok(()) };
+    on_same_device(OP, what, device, t)?;
     let width = input.shape().last();
     let padded_w = input.padded_shape().last();
     match t.layout() {
@@ -257,7 +262,7 @@ fn check_affine(
             }
         }
     }
-    Ok(Some(buf.clone()))
+    Ok(())
 }
 
 /// TT-NN's checks of a program config against the tensors.

@@ -19,11 +19,13 @@
 //! The attention scores are unchanged by this permutation (Q and K are permuted alike), and V
 //! and O are not touched.
 
+use crate::device::BackendImpl;
 use crate::error::{Error, Result};
 use crate::host::kernels::rotary::{RotaryCmd, rot_transformation_values};
 use crate::ops::output_memory_config;
 use crate::ops::{expect_dtype, expect_layout, expect_rank, on_device, on_same_device};
 use crate::tensor::Tensor;
+use crate::tt::{Tt, ops as tt_ops};
 use crate::types::{
     ComputeKernelConfig, DataType, Layout, MemoryConfig, TILE_SIZE, TensorMemoryLayout,
 };
@@ -93,10 +95,10 @@ pub fn rotary_embedding_llama(
     args: &RotaryEmbeddingLlamaArgs,
 ) -> Result<Tensor> {
     let op = "ttnn::experimental::rotary_embedding_llama";
-    let (device, ib) = on_device(op, "input", input)?;
-    let cb = on_same_device(op, "cos_cache", device, cos_cache)?;
-    let sb = on_same_device(op, "sin_cache", device, sin_cache)?;
-    let tb = on_same_device(op, "trans_mat", device, trans_mat)?;
+    let device = on_device(op, "input", input)?;
+    on_same_device(op, "cos_cache", device, cos_cache)?;
+    on_same_device(op, "sin_cache", device, sin_cache)?;
+    on_same_device(op, "trans_mat", device, trans_mat)?;
     for (what, t) in [
         ("input", input),
         ("cos_cache", cos_cache),
@@ -267,6 +269,20 @@ pub fn rotary_embedding_llama(
             ),
         ));
     }
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::rotary_embedding_llama(
+                &Tt::new(tt, device),
+                op,
+                input,
+                cos_cache,
+                sin_cache,
+                trans_mat,
+                args,
+            );
+        }
+    };
     let out = Tensor::allocate(device, op, shape, input.dtype(), Layout::Tile, &mc)?;
     let scratch = |t: &Tensor| {
         Vec::with_capacity(if t.dtype() == DataType::Float32 {
@@ -275,12 +291,12 @@ pub fn rotary_embedding_llama(
             t.shape().volume()
         })
     };
-    device.host().submit(RotaryCmd {
-        input: ib.clone(),
-        cos: cb.clone(),
-        sin: sb.clone(),
-        trans: tb.clone(),
-        out: out.device_buffer(op, "output")?.1.clone(),
+    host.submit(RotaryCmd {
+        input: input.host_buffer(op, "input")?.clone(),
+        cos: cos_cache.host_buffer(op, "cos_cache")?.clone(),
+        sin: sin_cache.host_buffer(op, "sin_cache")?.clone(),
+        trans: trans_mat.host_buffer(op, "trans_mat")?.clone(),
+        out: out.host_buffer(op, "output")?.clone(),
         decode: args.is_decode_mode,
         batch,
         nh,

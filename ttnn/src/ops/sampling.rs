@@ -3,12 +3,14 @@
 //! These are the ops of tt_transformers' on-device sampling: the logits never leave the device,
 //! only the chosen token ids do, and `plus_one` advances the positions inside the trace.
 
+use crate::device::BackendImpl;
 use crate::error::{Error, Result};
 use crate::host::kernels::sampling::{ArgmaxCmd, PlusOneCmd, SamplingCmd, TopkCmd};
 use crate::ops::{
     FLOAT_TYPES, expect_dtype, expect_layout, on_device, on_same_device, output_memory_config,
 };
 use crate::tensor::Tensor;
+use crate::tt::{Tt, ops as tt_ops};
 use crate::types::{DataType, Layout, MemoryConfig, Shape};
 
 /// Optional arguments of [`argmax`].
@@ -42,7 +44,7 @@ fn last_dim_arg(op: &'static str, dim: i32, rank: usize) -> Result<()> {
 /// row-major layout (TT-NN's `ttnn.argmax`). NaNs are never chosen unless a row is all NaN.
 pub fn argmax(input: &Tensor, args: &ArgmaxArgs) -> Result<Tensor> {
     let op = "ttnn::argmax";
-    let (device, ib) = on_device(op, "input", input)?;
+    let device = on_device(op, "input", input)?;
     let shape = input.shape();
     let allowed: &[DataType] = match input.layout() {
         Layout::RowMajor => &[
@@ -98,6 +100,10 @@ pub fn argmax(input: &Tensor, args: &ArgmaxArgs) -> Result<Tensor> {
     if mc.is_sharded() {
         return Err(Error::mem_config(op, "the output must be interleaved"));
     }
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => return tt_ops::argmax(&Tt::new(tt, device), op, input, args),
+    };
     let out = Tensor::allocate(
         device,
         op,
@@ -106,9 +112,9 @@ pub fn argmax(input: &Tensor, args: &ArgmaxArgs) -> Result<Tensor> {
         Layout::RowMajor,
         &mc,
     )?;
-    device.host().submit(ArgmaxCmd {
-        input: ib.clone(),
-        out: out.device_buffer(op, "output")?.1.clone(),
+    host.submit(ArgmaxCmd {
+        input: input.host_buffer(op, "input")?.clone(),
+        out: out.host_buffer(op, "output")?.clone(),
         rows,
         width,
         scratch: Vec::with_capacity(if input.dtype() == DataType::Float32 {
@@ -156,7 +162,7 @@ impl Default for TopkArgs<'_> {
 /// rank 4, width >= 64 and Bfloat16/Bfloat8B).
 pub fn topk(input: &Tensor, k: u32, args: &TopkArgs<'_>) -> Result<(Tensor, Tensor)> {
     let op = "ttnn::topk";
-    let (device, ib) = on_device(op, "input", input)?;
+    let device = on_device(op, "input", input)?;
     expect_dtype(op, "input", input, FLOAT_TYPES)?;
     expect_layout(op, "input", input, Layout::Tile)?;
     let shape = input.shape();
@@ -172,22 +178,18 @@ pub fn topk(input: &Tensor, k: u32, args: &TopkArgs<'_>) -> Result<(Tensor, Tens
             format!("k = {k} must be in 1..={width} (the dimension size)"),
         ));
     }
-    let idx_buf = match args.indices_tensor {
-        Some(t) => {
-            let b = on_same_device(op, "indices_tensor", device, t)?;
-            expect_dtype(op, "indices_tensor", t, INDEX_TYPES)?;
-            if t.shape() != shape {
-                return Err(Error::shape(
-                    op,
-                    "indices_tensor",
-                    shape.to_string(),
-                    t.shape(),
-                ));
-            }
-            Some(b.clone())
+    if let Some(t) = args.indices_tensor {
+        on_same_device(op, "indices_tensor", device, t)?;
+        expect_dtype(op, "indices_tensor", t, INDEX_TYPES)?;
+        if t.shape() != shape {
+            return Err(Error::shape(
+                op,
+                "indices_tensor",
+                shape.to_string(),
+                t.shape(),
+            ));
         }
-        None => None,
-    };
+    }
     let out_shape = shape.with_last(k);
     let mc = output_memory_config(
         op,
@@ -205,14 +207,24 @@ pub fn topk(input: &Tensor, k: u32, args: &TopkArgs<'_>) -> Result<(Tensor, Tens
     } else {
         DataType::Uint32
     };
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::topk(&Tt::new(tt, device), op, input, k as u32, args);
+        }
+    };
+    let idx_buf = match args.indices_tensor {
+        Some(t) => Some(t.host_buffer(op, "indices_tensor")?.clone()),
+        None => None,
+    };
     let values = Tensor::allocate(device, op, out_shape, input.dtype(), Layout::Tile, &mc)?;
     let indices = Tensor::allocate(device, op, out_shape, idx_dtype, Layout::Tile, &mc)?;
     let rows = shape.rows();
-    device.host().submit(TopkCmd {
-        input: ib.clone(),
+    host.submit(TopkCmd {
+        input: input.host_buffer(op, "input")?.clone(),
         index_source: idx_buf,
-        values: values.device_buffer(op, "values")?.1.clone(),
-        indices: indices.device_buffer(op, "indices")?.1.clone(),
+        values: values.host_buffer(op, "values")?.clone(),
+        indices: indices.host_buffer(op, "indices")?.clone(),
         rows,
         width,
         k,
@@ -265,8 +277,8 @@ pub fn sampling(
     args: &SamplingArgs<'_>,
 ) -> Result<Tensor> {
     let op = "ttnn::sampling";
-    let (device, vb) = on_device(op, "input_values", input_values)?;
-    let ib = on_same_device(op, "input_indices", device, input_indices)?;
+    let device = on_device(op, "input_values", input_values)?;
+    on_same_device(op, "input_indices", device, input_indices)?;
     expect_dtype(op, "input_values", input_values, FLOAT_TYPES)?;
     expect_dtype(op, "input_indices", input_indices, INDEX_TYPES)?;
     let shape = input_values.shape();
@@ -287,11 +299,8 @@ pub fn sampling(
         ));
     }
     let (users, width) = (shape.rows(), shape.last());
-    let per_user = |what: &str,
-                    t: &Tensor,
-                    allowed: &[DataType]|
-     -> Result<std::sync::Arc<crate::host::HostBuffer>> {
-        let b = on_same_device(op, what, device, t)?;
+    let per_user = |what: &str, t: &Tensor, allowed: &[DataType]| -> Result<()> {
+        on_same_device(op, what, device, t)?;
         expect_dtype(op, what, t, allowed)?;
         if t.shape().volume() != users {
             return Err(Error::shape(
@@ -301,24 +310,50 @@ pub fn sampling(
                 t.shape(),
             ));
         }
-        Ok(b.clone())
+        Ok(())
     };
-    let kb = per_user("k", k, &[DataType::Uint32, DataType::Int32])?;
-    let pb = per_user("p", p, &[DataType::Float32, DataType::Bfloat16])?;
-    let tb = per_user("temp", temp, &[DataType::Float32, DataType::Bfloat16])?;
-    let seeds = args
-        .user_seeds
-        .map(|t| per_user("user_seeds", t, &[DataType::Uint32]))
-        .transpose()?;
-    let offsets = args
-        .user_offsets
-        .map(|t| per_user("user_offsets", t, &[DataType::Int32, DataType::Uint32]))
-        .transpose()?;
-    let out = match args.output_tensor {
-        Some(t) => {
-            per_user("output_tensor", t, &[DataType::Uint32, DataType::Int32])?;
-            t.clone()
+    per_user("k", k, &[DataType::Uint32, DataType::Int32])?;
+    per_user("p", p, &[DataType::Float32, DataType::Bfloat16])?;
+    per_user("temp", temp, &[DataType::Float32, DataType::Bfloat16])?;
+    if let Some(t) = args.user_seeds {
+        per_user("user_seeds", t, &[DataType::Uint32])?;
+    }
+    if let Some(t) = args.user_offsets {
+        per_user("user_offsets", t, &[DataType::Int32, DataType::Uint32])?;
+    }
+    if let Some(t) = args.output_tensor {
+        per_user("output_tensor", t, &[DataType::Uint32, DataType::Int32])?;
+        for (what, input) in [
+            ("input_values", input_values),
+            ("input_indices", input_indices),
+        ] {
+            if t.shares_buffer_with(input) {
+                return Err(Error::arg(op, format!("output_tensor must not be {what}")));
+            }
         }
+    }
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => {
+            return tt_ops::sampling(
+                &Tt::new(tt, device),
+                op,
+                input_values,
+                input_indices,
+                k,
+                p,
+                temp,
+                args,
+            );
+        }
+    };
+    let hb = |t: Option<&Tensor>, what: &str| -> Result<_> {
+        t.map(|t| t.host_buffer(op, what).cloned()).transpose()
+    };
+    let seeds = hb(args.user_seeds, "user_seeds")?;
+    let offsets = hb(args.user_offsets, "user_offsets")?;
+    let out = match args.output_tensor {
+        Some(t) => t.clone(),
         None => {
             let out_shape = Shape::new(&[1, 1, 1, users]);
             let mc =
@@ -333,18 +368,13 @@ pub fn sampling(
             )?
         }
     };
-    let out_buf = out.device_buffer(op, "output")?.1.clone();
-    for (what, b) in [("input_values", vb), ("input_indices", ib)] {
-        if std::sync::Arc::ptr_eq(b, &out_buf) {
-            return Err(Error::arg(op, format!("output_tensor must not be {what}")));
-        }
-    }
-    device.host().submit(SamplingCmd {
-        values: vb.clone(),
-        indices: ib.clone(),
-        k: kb,
-        p: pb,
-        temp: tb,
+    let out_buf = out.host_buffer(op, "output")?.clone();
+    host.submit(SamplingCmd {
+        values: input_values.host_buffer(op, "input_values")?.clone(),
+        indices: input_indices.host_buffer(op, "input_indices")?.clone(),
+        k: k.host_buffer(op, "k")?.clone(),
+        p: p.host_buffer(op, "p")?.clone(),
+        temp: temp.host_buffer(op, "temp")?.clone(),
         seeds,
         offsets,
         out: out_buf,
@@ -377,14 +407,18 @@ pub struct PlusOneArgs {
 /// entries in `0..i32::MAX` change.
 pub fn plus_one(input: &Tensor, args: &PlusOneArgs) -> Result<()> {
     let op = "ttnn::plus_one";
-    let (device, b) = on_device(op, "input", input)?;
+    let device = on_device(op, "input", input)?;
     expect_dtype(op, "input", input, &[DataType::Int32, DataType::Uint32])?;
     expect_layout(op, "input", input, Layout::RowMajor)?;
     if !(1..=4).contains(&input.shape().rank()) {
         return Err(Error::shape(op, "input", "rank 1 to 4", input.shape()));
     }
-    device.host().submit(PlusOneCmd {
-        buf: b.clone(),
+    let host = match device.backend_impl() {
+        BackendImpl::Host(host) => host,
+        BackendImpl::Tt(tt) => return tt_ops::plus_one(&Tt::new(tt, device), op, input, args),
+    };
+    host.submit(PlusOneCmd {
+        buf: input.host_buffer(op, "input")?.clone(),
         skip_negative_entries: args.skip_negative_entries,
     })
 }

@@ -1,5 +1,5 @@
-//! Elementwise commands: binary ops with broadcasting and fused input activations, unary ops,
-//! typecast.
+//! Elementwise commands: binary ops with broadcasting and fused input activations (tensor or
+//! scalar right-hand side), unary ops, clamp, typecast.
 
 use std::sync::Arc;
 
@@ -72,6 +72,9 @@ pub(crate) fn apply_unary(op: UnaryOp, x: f32) -> f32 {
         UnaryOp::Neg => -x,
         UnaryOp::Silu => x / (1.0 + (-x).exp()),
         UnaryOp::Exp => x.exp(),
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Reciprocal => 1.0 / x,
+        UnaryOp::Round => x.round_ties_even(),
     }
 }
 
@@ -117,6 +120,74 @@ impl HostCommand for BinaryCmd {
                 }
             };
             par_chunks(ctx, o, &kernel);
+        });
+        Ok(())
+    }
+}
+
+#[inline]
+fn apply_binary(op: BinaryOpType, x: f32, y: f32) -> f32 {
+    match op {
+        BinaryOpType::Add => x + y,
+        BinaryOpType::Subtract => x - y,
+        BinaryOpType::Multiply => x * y,
+    }
+}
+
+/// `act(a) op b` with a scalar `b`.
+pub(crate) struct BinaryScalarCmd {
+    pub a: Arc<HostBuffer>,
+    pub out: Arc<HostBuffer>,
+    pub op: BinaryOpType,
+    pub b: f32,
+    pub a_activations: Vec<UnaryOp>,
+    pub len: usize,
+    pub sa: Vec<f32>,
+    pub so: Vec<f32>,
+}
+
+impl HostCommand for BinaryScalarCmd {
+    fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
+        let a_guard = self.a.read();
+        let a = read_f32(&a_guard, &mut self.sa);
+        let mut out = self.out.write();
+        let (op, acts, b) = (self.op, &self.a_activations[..], self.b);
+        write_f32(&mut out, self.len, &mut self.so, |o| {
+            par_chunks(ctx, o, &|range, o: &mut [f32]| {
+                for (k, i) in range.enumerate() {
+                    o[k] = apply_binary(op, apply_chain(acts, a[i]), b);
+                }
+            });
+        });
+        Ok(())
+    }
+}
+
+/// `clamp(x, min, max)` with torch's rules (NaN propagates; `min > max` gives `max`).
+pub(crate) struct ClampCmd {
+    pub input: Arc<HostBuffer>,
+    pub out: Arc<HostBuffer>,
+    pub min: f32,
+    pub max: f32,
+    pub len: usize,
+    pub si: Vec<f32>,
+    pub so: Vec<f32>,
+}
+
+impl HostCommand for ClampCmd {
+    fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
+        let in_guard = self.input.read();
+        let x = read_f32(&in_guard, &mut self.si);
+        let mut out = self.out.write();
+        let (lo, hi) = (self.min, self.max);
+        write_f32(&mut out, self.len, &mut self.so, |o| {
+            par_chunks(ctx, o, &|range, o: &mut [f32]| {
+                for (k, i) in range.enumerate() {
+                    // Comparisons (not f32::max/min, which drop NaN) so NaN passes through.
+                    let v = if x[i] < lo { lo } else { x[i] };
+                    o[k] = if v > hi { hi } else { v };
+                }
+            });
         });
         Ok(())
     }

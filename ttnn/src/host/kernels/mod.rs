@@ -10,6 +10,7 @@ pub(crate) mod embedding;
 pub(crate) mod kv_cache;
 pub(crate) mod matmul;
 pub(crate) mod norm;
+pub(crate) mod reduction;
 pub(crate) mod rotary;
 pub(crate) mod sampling;
 pub(crate) mod ternary_dot;
