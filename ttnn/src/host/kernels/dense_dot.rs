@@ -108,6 +108,15 @@ pub(crate) struct QRow<'a> {
 /// `round_half_even(x * (32767 / absmax))`; returns the dequantization factor `absmax / 32767`,
 /// or `None` when `x` holds a NaN or an infinity (the caller then uses the f32 path).
 pub(crate) fn quantize_row_i16(x: &[f32], out: &mut [i16]) -> Option<f32> {
+    // Integer-valued rows that fit int16 (such as int8 activation codes, as the Tenstorrent
+    // bitlinear lowering passes them) are taken exactly, with factor 1.
+    if x.iter().all(|v| v.fract() == 0.0 && v.abs() <= 32767.0) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = v as i16;
+        }
+        out[x.len()..].fill(0);
+        return Some(1.0);
+    }
     let absmax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     if !absmax.is_finite() || x.iter().any(|v| v.is_nan()) {
         return None;
@@ -604,7 +613,9 @@ mod tests {
         assert_eq!(quantize_row_i16(&[1.0, f32::NAN], &mut q), None);
         assert_eq!(quantize_row_i16(&[f32::INFINITY], &mut q), None);
         assert_eq!(quantize_row_i16(&[1e-40], &mut q), None);
-        assert_eq!(quantize_row_i16(&[0.0, -0.0], &mut q), Some(0.0));
+        assert_eq!(quantize_row_i16(&[0.0, -0.0], &mut q), Some(1.0));
+        assert_eq!(quantize_row_i16(&[-128.0, 127.0, 3.0], &mut q), Some(1.0));
+        assert_eq!(&q[..4], &[-128, 127, 3, 0]);
         assert_eq!(
             quantize_row_i16(&[2.0, -1.0, 0.5], &mut q),
             Some(2.0 / 32767.0)
