@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::eltwise::SendPtr;
 use super::ternary_dot::{dot_codes, dot_codes_weights};
+use super::{prefetch, prefetch_rows_ahead};
 use super::{read_f32, write_f32};
 use crate::device::HostIsa;
 use crate::error::{Error, Result};
@@ -246,8 +247,16 @@ impl HostCommand for BitLinearCmd {
                 if rows < 4 {
                     // A GEMV (decode): weight rows in pairs, each activation vector loaded once
                     // for both. Exact integer sums, so the same values as the path below.
+                    let ahead = prefetch_rows_ahead(TernaryData::row_bytes(k));
                     let mut j = range.start;
                     while j + 2 <= range.end {
+                        // The pair `ahead` rows on (in this task's range): DRAM latency hides
+                        // behind the dot products of the rows in between.
+                        for a in [j + ahead, j + ahead + 1] {
+                            if a < range.end {
+                                prefetch(w.row(a));
+                            }
+                        }
                         let ws = [w.row(j), w.row(j + 1)];
                         for r in 0..rows {
                             let acc = dot_codes_weights(isa, &q[r * kp..(r + 1) * kp], &ws);

@@ -47,6 +47,19 @@ pub(crate) enum RowRef<'a> {
 }
 
 impl RowRef<'_> {
+    /// Asks for the row's bytes ahead of use (see [`super::prefetch`]).
+    #[inline]
+    pub(crate) fn prefetch(self) {
+        match self {
+            Self::F32(w) => super::prefetch(w),
+            Self::Bf16(w) => super::prefetch(w),
+            Self::Block { exps, mants, .. } => {
+                super::prefetch(exps);
+                super::prefetch(mants);
+            }
+        }
+    }
+
     /// Values `start..start + out.len()` as f32 (`start` a multiple of 16).
     #[inline]
     pub(crate) fn decode_into(self, start: usize, out: &mut [f32]) {

@@ -19,7 +19,7 @@ use half::bf16;
 
 use super::dense_dot::{QRow, RowRef, dot_block_rows, dot_rows, normal_groups, quantize_row_i16};
 use super::eltwise::{SendPtr, apply_unary};
-use super::{read_f32, write_f32};
+use super::{prefetch_rows_ahead, read_f32, write_f32};
 use crate::error::{Error, Result};
 use crate::host::blockfloat::{BlockFloatData, GROUP};
 use crate::host::data::HostData;
@@ -63,6 +63,18 @@ impl<'a> BView<'a> {
             HostData::Bf16(v) => Some(Self::Bf16(v)),
             HostData::Block(b) => Some(Self::Block(b)),
             _ => None,
+        }
+    }
+
+    /// Bytes of one stored row of `len` values.
+    fn row_bytes(self, len: usize) -> usize {
+        match self {
+            Self::F32(_) => len * 4,
+            Self::Bf16(_) => len * 2,
+            Self::Block(_) => {
+                let g = BlockFloatData::groups_per_row(len);
+                g + g * GROUP
+            }
         }
     }
 
@@ -244,10 +256,20 @@ fn rows_kernel(
     let columns = d.batch * n;
     let out = SendPtr(o.as_mut_ptr());
     let out_len = o.len();
+    // Decode (one or two rows of A) streams B once from DRAM: ask for rows ahead of use.
+    let ahead = (m <= 2).then(|| prefetch_rows_ahead(b.row_bytes(k)));
     let kernel = |range: std::ops::Range<usize>| {
-        for col in range {
+        for col in range.clone() {
             let (bi, j) = (col / n, col % n);
             let b_row = b.row(if d.bcast_b { j } else { bi * n + j }, k);
+            if let Some(ahead) = ahead {
+                let next = col + ahead;
+                if next < range.end {
+                    let (nbi, nj) = (next / n, next % n);
+                    b.row(if d.bcast_b { nj } else { nbi * n + nj }, k)
+                        .prefetch();
+                }
+            }
             let bias_j = bias.map(|v| v[j]);
             let a_row = |mm: usize| {
                 let row = bi * m + mm;
