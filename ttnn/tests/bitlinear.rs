@@ -205,6 +205,44 @@ proptest! {
     }
 }
 
+/// Shapes past the GEMM tiling (K blocks of up to 2048 values, 16 weight rows, quads of
+/// activation rows): K = 2600 splits in two blocks and a partial chunk, 37 outputs leave a
+/// partial tile, 7 rows a partial quad; exact integer sums make the result the reference's.
+#[test]
+fn gemm_tiles_match_reference() {
+    let dev = device();
+    for (m, k, n, seed) in [
+        (7usize, 2600usize, 37usize, 1u64),
+        (9, 6912, 20, 2),
+        (4, 4097, 16, 3),
+    ] {
+        let mut rng = Rng::new(seed);
+        let x = rng.vec(m * k, 1.0);
+        let t: Vec<i8> = (0..n * k).map(|_| rng.below(3) as i8 - 1).collect();
+        let xd = upload(
+            &dev,
+            &x,
+            &[m, k],
+            DataType::Float32,
+            Layout::Tile,
+            &DRAM_MEMORY_CONFIG,
+        );
+        let wd = ternary_dev(&dev, &t, &[n, k]);
+        let args = BitLinearArgs {
+            weight_scale: 0.75,
+            ..Default::default()
+        };
+        let y = bitlinear(&xd, &wd, &args).expect("bitlinear");
+        let (_, _, want) = reference(&x, &t, k, n, 0.75, WeightScaleMode::Multiply);
+        check_rel(
+            &y.to_vec::<f32>().expect("y"),
+            &want,
+            1e-6,
+            &format!("{m}x{k} @ {n}x{k}"),
+        );
+    }
+}
+
 /// Round half to even on exact ties: with absmax 127, s = 1 and x * s = x; with absmax 254,
 /// s = 0.5 exactly and 5 * 0.5 = 2.5 -> 2, 7 * 0.5 = 3.5 -> 4. An identity weight passes q
 /// through, so y = q / s * ws exactly.
