@@ -205,14 +205,14 @@ proptest! {
     }
 }
 
-/// Shapes past the GEMM tiling (K blocks of up to 2048 values, 16 weight rows, quads of
-/// activation rows): K = 2600 splits in two blocks and a partial chunk, 37 outputs leave a
+/// Shapes past the GEMM tiling (K blocks of up to 4096 values, 16 weight rows, quads of
+/// activation rows): K = 4200 splits in two blocks and a partial chunk, 37 outputs leave a
 /// partial tile, 7 rows a partial quad; exact integer sums make the result the reference's.
 #[test]
 fn gemm_tiles_match_reference() {
     let dev = device();
     for (m, k, n, seed) in [
-        (7usize, 2600usize, 37usize, 1u64),
+        (7usize, 4200usize, 37usize, 1u64),
         (9, 6912, 20, 2),
         (4, 4097, 16, 3),
     ] {
