@@ -266,7 +266,10 @@ fn load_model_from(dir: &Path, m: &ModelOpts, max_batch: usize) -> anyhow::Resul
         plan: plan_options(m, max_batch)?,
         max_seq_len: m.max_seq_len,
     };
-    BitNetModel::load(dir, &device, &opts).with_context(|| format!("loading {}", dir.display()))
+    let model = BitNetModel::load(dir, &device, &opts)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    tune_allocator_for_inference();
+    Ok(model)
 }
 
 fn generate(a: GenerateArgs) -> anyhow::Result<()> {
@@ -484,6 +487,19 @@ fn tune_allocator() {
     // SAFETY: mallopt only changes allocator parameters; called before any threads start.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+/// After loading: the eager prefill allocates and frees activations of a few MiB per op; with
+/// the load-time 1 MiB threshold each was a fresh `mmap` whose pages faulted in again (about a
+/// tenth of prefill time). Serve them from the heap and keep freed heap memory for reuse:
+/// measured on 2B-4T (2 threads), prefill 44-50 -> 54-58 tok/s for 18 MB more peak RSS.
+fn tune_allocator_for_inference() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; glibc takes the arena lock (MT-safe).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
     }
 }
 
