@@ -6,7 +6,7 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
 use std::cell::Cell;
 
-use common::{Rng, device, upload};
+use common::{Rng, device, upload, upload_f32};
 use half::bf16;
 use proptest::prelude::*;
 use safetensors::{Dtype, SafeTensors};
@@ -219,14 +219,7 @@ fn gemm_tiles_match_reference() {
         let mut rng = Rng::new(seed);
         let x = rng.vec(m * k, 1.0);
         let t: Vec<i8> = (0..n * k).map(|_| rng.below(3) as i8 - 1).collect();
-        let xd = upload(
-            &dev,
-            &x,
-            &[m, k],
-            DataType::Float32,
-            Layout::Tile,
-            &DRAM_MEMORY_CONFIG,
-        );
+        let xd = upload_f32(&dev, &x, &[m, k]);
         let wd = ternary_dev(&dev, &t, &[n, k]);
         let args = BitLinearArgs {
             weight_scale: 0.75,

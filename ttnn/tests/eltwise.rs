@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Rng, assert_close, device, upload};
+use common::{Rng, assert_close, device, upload, upload_f32};
 use proptest::prelude::*;
 use ttnn::{BinaryArgs, DRAM_MEMORY_CONFIG, DataType, Layout, UnaryArgs, UnaryOp};
 
@@ -209,14 +209,7 @@ fn typecast_bf16_rounds_near_ties_to_nearest() {
     let dev = device();
     let x = Rng::new(17169737230791528630).vec(56, 4.0);
     assert_eq!(x[55].to_bits(), 0x403a_8006, "test data changed");
-    let t = upload(
-        &dev,
-        &x,
-        &[1, 56],
-        DataType::Float32,
-        Layout::Tile,
-        &DRAM_MEMORY_CONFIG,
-    );
+    let t = upload_f32(&dev, &x, &[1, 56]);
     let out = ttnn::typecast(&t, DataType::Bfloat16, None).expect("typecast");
     let got = out.to_vec::<f32>().expect("read");
     assert_eq!(got[55], 2.921875);
