@@ -86,6 +86,41 @@ fn apply_chain(ops: &[UnaryOp], mut x: f32) -> f32 {
     x
 }
 
+/// Applies `ops` in order to every element of `o`: one pass per op, with the op fixed outside
+/// the loop so that each pass vectorizes (a per-element `match` did not, and made the fused
+/// `relu(gate)^2 * up` of a prefill 5 % of its time). Elementwise, so the same values as
+/// [`apply_chain`] per element.
+fn apply_chain_in_place(ops: &[UnaryOp], o: &mut [f32]) {
+    #[inline(always)]
+    fn map(o: &mut [f32], f: impl Fn(f32) -> f32) {
+        for v in o {
+            *v = f(*v);
+        }
+    }
+    for &op in ops {
+        match op {
+            UnaryOp::Relu => map(o, |x| apply_unary(UnaryOp::Relu, x)),
+            UnaryOp::Square => map(o, |x| apply_unary(UnaryOp::Square, x)),
+            UnaryOp::Neg => map(o, |x| apply_unary(UnaryOp::Neg, x)),
+            UnaryOp::Abs => map(o, |x| apply_unary(UnaryOp::Abs, x)),
+            UnaryOp::Round => map(o, |x| apply_unary(UnaryOp::Round, x)),
+            UnaryOp::Reciprocal => map(o, |x| apply_unary(UnaryOp::Reciprocal, x)),
+            UnaryOp::Silu => map(o, |x| apply_unary(UnaryOp::Silu, x)),
+            UnaryOp::Exp => map(o, |x| apply_unary(UnaryOp::Exp, x)),
+        }
+    }
+}
+
+/// `o[i] = o[i] op y[i]`, the op fixed outside the loop (see [`apply_chain_in_place`]).
+fn binary_in_place(op: BinaryOpType, o: &mut [f32], y: &[f32]) {
+    let pairs = o.iter_mut().zip(y);
+    match op {
+        BinaryOpType::Add => pairs.for_each(|(v, &y)| *v += y),
+        BinaryOpType::Subtract => pairs.for_each(|(v, &y)| *v -= y),
+        BinaryOpType::Multiply => pairs.for_each(|(v, &y)| *v *= y),
+    }
+}
+
 pub(crate) struct BinaryCmd {
     pub a: Arc<HostBuffer>,
     pub b: Arc<HostBuffer>,
@@ -109,6 +144,13 @@ impl HostCommand for BinaryCmd {
         let (op, acts, ab, bb) = (self.op, &self.a_activations[..], self.a_bcast, self.b_bcast);
         write_f32(&mut out, self.len, &mut self.so, |o| {
             let kernel = |range: std::ops::Range<usize>, o: &mut [f32]| {
+                if ab.identity && bb.identity {
+                    // Same shapes (residual adds, the gated FFN product): whole slices.
+                    o.copy_from_slice(&a[range.clone()]);
+                    apply_chain_in_place(acts, o);
+                    binary_in_place(op, o, &b[range]);
+                    return;
+                }
                 for (k, i) in range.enumerate() {
                     let x = apply_chain(acts, a[ab.index(i)]);
                     let y = b[bb.index(i)];
@@ -154,9 +196,9 @@ impl HostCommand for BinaryScalarCmd {
         let (op, acts, b) = (self.op, &self.a_activations[..], self.b);
         write_f32(&mut out, self.len, &mut self.so, |o| {
             par_chunks(ctx, o, &|range, o: &mut [f32]| {
-                for (k, i) in range.enumerate() {
-                    o[k] = apply_binary(op, apply_chain(acts, a[i]), b);
-                }
+                o.copy_from_slice(&a[range]);
+                apply_chain_in_place(acts, o);
+                o.iter_mut().for_each(|v| *v = apply_binary(op, *v, b));
             });
         });
         Ok(())
@@ -210,9 +252,8 @@ impl HostCommand for UnaryCmd {
         let ops = &self.ops[..];
         write_f32(&mut out, self.len, &mut self.so, |o| {
             par_chunks(ctx, o, &|range, o: &mut [f32]| {
-                for (k, i) in range.enumerate() {
-                    o[k] = apply_chain(ops, x[i]);
-                }
+                o.copy_from_slice(&x[range]);
+                apply_chain_in_place(ops, o);
             });
         });
         Ok(())
