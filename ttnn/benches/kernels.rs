@@ -110,6 +110,20 @@ fn lm_head(c: &mut Criterion) {
             b.iter(|| black_box(linear(&x, &w, &args).expect("linear")))
         });
     }
+    // 4096 rows (11 MB) stay in L3: the kernel's compute rate, without DRAM.
+    let rows = 4096;
+    let w = upload(
+        &dev,
+        &wv[..rows * HIDDEN],
+        &[rows, HIDDEN],
+        DataType::Bfloat8B,
+    );
+    g.throughput(Throughput::BytesDecimal(
+        (rows * HIDDEN + rows * HIDDEN / 16) as u64,
+    ));
+    g.bench_function("bfp8_b_in_l3_4096", |b| {
+        b.iter(|| black_box(linear(&x, &w, &args).expect("linear")))
+    });
     g.finish();
 }
 

@@ -89,7 +89,7 @@ impl ChipSpec {
 pub enum HostIsa {
     /// Portable Rust (the reference every SIMD path is tested against).
     Scalar,
-    /// x86-64 AVX2 (256-bit integer SIMD, `maddubs`).
+    /// x86-64 AVX2 with FMA (256-bit integer SIMD, `maddubs`; every AVX2 CPU has FMA).
     Avx2,
     /// x86-64 AVX-512 F/BW with VNNI (`vpdpbusd`).
     Avx512Vnni,
@@ -101,13 +101,17 @@ impl HostIsa {
         match self {
             Self::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Self::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            Self::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
             #[cfg(target_arch = "x86_64")]
             Self::Avx512Vnni => {
                 std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
                     && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,

@@ -291,7 +291,7 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX2; `mants` has 16 values per group of `exps`, every `xs[r].q`
     /// at least as many.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_block_rows_avx2<const R: usize>(
         xs: &[QRow<'_>; R],
         format: BlockFormat,
@@ -314,7 +314,9 @@ mod x86 {
                     // SAFETY: xs[r].q has at least groups * 16 values (caller).
                     let x = unsafe { _mm256_loadu_si256(xs[r].q.as_ptr().add(g * GROUP).cast()) };
                     let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(m16, x));
-                    acc[r][$slot] = _mm256_add_ps(acc[r][$slot], _mm256_mul_ps(p, s));
+                    // `p * s` is exact (an integer below 2^24 times a normal power of two, with
+                    // a normal result), so the fused multiply-add rounds once, as mul + add.
+                    acc[r][$slot] = _mm256_fmadd_ps(p, s, acc[r][$slot]);
                 }
                 g += 1;
             }};
@@ -325,6 +327,25 @@ mod x86 {
                 let e = unsafe { *ep.add(g) } as i32;
                 _mm256_castsi256_ps(_mm256_set1_epi32((e - shift) << 23))
             }};
+        }
+        // Eight groups' scales at once, spilled to the stack so that each group's broadcast is
+        // a load rather than a shuffle: the per-group vector work drops from 7 uops to 4.
+        let shift_v = _mm256_set1_epi32(shift);
+        let mut sc = [0f32; 8];
+        while g + 8 <= groups {
+            // SAFETY: g + 8 <= groups: eight exponent bytes.
+            let e8 = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(ep.add(g).cast()) });
+            let s8 = _mm256_slli_epi32::<23>(_mm256_sub_epi32(e8, shift_v));
+            // SAFETY: `sc` holds 8 f32.
+            unsafe { _mm256_storeu_ps(sc.as_mut_ptr(), _mm256_castsi256_ps(s8)) };
+            group!(0, _mm256_broadcast_ss(&sc[0]));
+            group!(1, _mm256_broadcast_ss(&sc[1]));
+            group!(2, _mm256_broadcast_ss(&sc[2]));
+            group!(3, _mm256_broadcast_ss(&sc[3]));
+            group!(0, _mm256_broadcast_ss(&sc[4]));
+            group!(1, _mm256_broadcast_ss(&sc[5]));
+            group!(2, _mm256_broadcast_ss(&sc[6]));
+            group!(3, _mm256_broadcast_ss(&sc[7]));
         }
         while g + 4 <= groups {
             group!(0, one_scale!());
