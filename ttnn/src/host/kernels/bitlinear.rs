@@ -117,6 +117,75 @@ fn dequant(acc: i32, s: f32, weight_scale: f32, mode: WeightScaleMode) -> f32 {
     }
 }
 
+/// `dst[i] = dequant(accs[i] - qsum, s, weight scale i)` for one run of outputs of one row, the
+/// weight scale per channel or shared.
+#[allow(clippy::too_many_arguments)]
+fn dequant_run(
+    isa: HostIsa,
+    dst: &mut [f32],
+    accs: &[i32],
+    row: (i32, f32),
+    per_channel: Option<&[f32]>,
+    ws: f32,
+    mode: WeightScaleMode,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the device selects Avx2/Avx512Vnni only after detecting AVX2.
+        HostIsa::Avx2 | HostIsa::Avx512Vnni => unsafe {
+            dequant_run_avx2(dst, accs, row, per_channel, ws, mode)
+        },
+        _ => dequant_run_impl(dst, accs, row, per_channel, ws, mode),
+    }
+}
+
+/// [`dequant_run_impl`] with 8-wide divisions (IEEE division: the same bits); the 4-wide
+/// divisions of the baseline build were a twentieth of prefill.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dequant_run_avx2(
+    dst: &mut [f32],
+    accs: &[i32],
+    row: (i32, f32),
+    per_channel: Option<&[f32]>,
+    ws: f32,
+    mode: WeightScaleMode,
+) {
+    dequant_run_impl(dst, accs, row, per_channel, ws, mode)
+}
+
+/// One loop per case, so that each vectorizes.
+#[inline(always)]
+fn dequant_run_impl(
+    dst: &mut [f32],
+    accs: &[i32],
+    (qsum, s): (i32, f32),
+    per_channel: Option<&[f32]>,
+    ws: f32,
+    mode: WeightScaleMode,
+) {
+    match (per_channel, mode) {
+        (Some(v), _) => {
+            for ((d, &a), &w) in dst.iter_mut().zip(accs).zip(v) {
+                *d = dequant(a - qsum, s, w, mode);
+            }
+        }
+        (None, WeightScaleMode::Multiply) => {
+            for (d, &a) in dst.iter_mut().zip(accs) {
+                *d = dequant(a - qsum, s, ws, WeightScaleMode::Multiply);
+            }
+        }
+        (None, WeightScaleMode::Divide) => {
+            for (d, &a) in dst.iter_mut().zip(accs) {
+                *d = dequant(a - qsum, s, ws, WeightScaleMode::Divide);
+            }
+        }
+    }
+}
+
 /// Quantizes `rows` rows of `k` values into `q` (rows `kp >= k` apart, the tail zero) and
 /// `scales`, and records each row's sum of codes in `qsums` (parallel over rows when large).
 fn quantize_rows(
@@ -252,24 +321,8 @@ impl HostCommand for BitLinearCmd {
                 // the slice lives; `o` outlives the parallel region.
                 let dst =
                     unsafe { std::slice::from_raw_parts_mut(op.get().add(r * n + j0), accs.len()) };
-                let (qsum, s) = (qsums[r], scales[r]);
-                match (per_channel, mode) {
-                    (Some(v), _) => {
-                        for ((d, &a), &w) in dst.iter_mut().zip(accs).zip(&v[j0..]) {
-                            *d = dequant(a - qsum, s, w, mode);
-                        }
-                    }
-                    (None, WeightScaleMode::Multiply) => {
-                        for (d, &a) in dst.iter_mut().zip(accs) {
-                            *d = dequant(a - qsum, s, ws, WeightScaleMode::Multiply);
-                        }
-                    }
-                    (None, WeightScaleMode::Divide) => {
-                        for (d, &a) in dst.iter_mut().zip(accs) {
-                            *d = dequant(a - qsum, s, ws, WeightScaleMode::Divide);
-                        }
-                    }
-                }
+                let per_channel = per_channel.map(|v| &v[j0..]);
+                dequant_run(isa, dst, accs, (qsums[r], scales[r]), per_channel, ws, mode);
             };
             let kernel = |range: std::ops::Range<usize>| {
                 if rows < 4 {
@@ -277,27 +330,29 @@ impl HostCommand for BitLinearCmd {
                     // for both. Exact integer sums, so the same values as the path below.
                     let ahead = prefetch_rows_ahead(TernaryData::row_bytes(k));
                     let mut j = range.start;
-                    while j + 2 <= range.end {
-                        // The pair `ahead` rows on (in this task's range): DRAM latency hides
+                    while j + GEMV_ROWS <= range.end {
+                        // The rows `ahead` rows on (in this task's range): DRAM latency hides
                         // behind the dot products of the rows in between.
-                        for a in [j + ahead, j + ahead + 1] {
+                        for a in j + ahead..j + ahead + GEMV_ROWS {
                             if a < range.end {
                                 prefetch(w.row(a));
                             }
                         }
-                        let ws = [w.row(j), w.row(j + 1)];
+                        let ws: [&[u8]; GEMV_ROWS] = std::array::from_fn(|i| w.row(j + i));
                         for r in 0..rows {
                             let acc = dot_codes_weights(isa, &q[r * kp..(r + 1) * kp], &ws);
-                            put(r, j, acc[0]);
-                            put(r, j + 1, acc[1]);
+                            for (i, &a) in acc.iter().enumerate() {
+                                put(r, j + i, a);
+                            }
                         }
-                        j += 2;
+                        j += GEMV_ROWS;
                     }
-                    if j < range.end {
+                    while j < range.end {
                         for r in 0..rows {
                             let qr = &q[r * kp..(r + 1) * kp];
                             put(r, j, dot_codes_weights(isa, qr, &[w.row(j)])[0]);
                         }
+                        j += 1;
                     }
                     return;
                 }
@@ -315,6 +370,9 @@ impl HostCommand for BitLinearCmd {
         Ok(())
     }
 }
+
+/// Weight rows per GEMV kernel call (decode): each activation chunk loaded once serves them all.
+const GEMV_ROWS: usize = 4;
 
 /// Weight rows per GEMM tile.
 const TILE_N: usize = 16;
