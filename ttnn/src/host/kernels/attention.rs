@@ -15,6 +15,7 @@ use half::bf16;
 
 use super::eltwise::SendPtr;
 use super::{read_f32, write_f32};
+use crate::device::HostIsa;
 use crate::error::{Error, Result};
 use crate::host::blockfloat::{BlockFloatData, GROUP, decode_value, group_scale};
 use crate::host::data::HostData;
@@ -219,7 +220,29 @@ pub(crate) fn default_scale(hd: usize) -> f32 {
 /// accumulator by `exp(m_old - m)`); then, in position order, `p_j = exp(s_j - m)`, `l += p_j`,
 /// `acc += p_j * v_j`. Finally `out = acc / l`. Rows sharing a pass only share the decoding of
 /// K/V rows, never arithmetic. An empty range or a fully masked row gives zeros.
-pub(crate) fn attend_rows(rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale: f32) {
+pub(crate) fn attend_rows(isa: HostIsa, rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale: f32) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the device selects Avx2/Avx512Vnni only after detecting AVX2.
+        HostIsa::Avx2 | HostIsa::Avx512Vnni => unsafe { attend_rows_avx2(rows, kv, scale) },
+        _ => attend_rows_impl(rows, kv, scale),
+    }
+}
+
+/// [`attend_rows_impl`] compiled with 256-bit vectors: the same lane arithmetic in the same
+/// order (Rust never contracts to FMA), so the same bits, at about half the instructions for
+/// the dot products and `p * v` updates.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_rows_avx2(rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale: f32) {
+    attend_rows_impl(rows, kv, scale)
+}
+
+#[inline(always)]
+fn attend_rows_impl(rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale: f32) {
     let n = rows.len().min(MAX_GROUP_ROWS);
     let hd = kv.hd;
     let mut acc = [[0f32; MAX_HEAD_DIM]; MAX_GROUP_ROWS];
@@ -546,6 +569,7 @@ impl HostCommand for SdpaDecodeCmd {
         write_f32(&mut out, len, &mut self.so, |o| {
             let base = SendPtr(o.as_mut_ptr());
             let n_tasks = batch * nkv * subgroups;
+            let isa = ctx.isa;
             let task = |t: usize| {
                 let b = t / (nkv * subgroups);
                 let g = (t / subgroups) % nkv;
@@ -601,7 +625,7 @@ impl HostCommand for SdpaDecodeCmd {
                         out: chunk,
                     };
                 }
-                attend_rows(&mut rows[..n], &kv, scale);
+                attend_rows(isa, &mut rows[..n], &kv, scale);
             };
             if work >= PAR_WORK && n_tasks > 1 {
                 ctx.pool.run(n_tasks, &task);
@@ -746,6 +770,7 @@ impl HostCommand for SdpaPrefillCmd {
         write_f32(&mut out, len, &mut self.so, |o| {
             let base = SendPtr(o.as_mut_ptr());
             let n_tasks = batch * nkv * subgroups * qtiles;
+            let isa = ctx.isa;
             let task = |t: usize| {
                 let qt = t % qtiles;
                 let sgi = (t / qtiles) % subgroups;
@@ -798,7 +823,7 @@ impl HostCommand for SdpaPrefillCmd {
                         out: out_row,
                     };
                 }
-                attend_rows(&mut rows[..n], &kv, scale);
+                attend_rows(isa, &mut rows[..n], &kv, scale);
             };
             if work >= PAR_WORK && n_tasks > 1 {
                 ctx.pool.run(n_tasks, &task);
@@ -872,7 +897,7 @@ mod tests {
                 bias: None,
                 out,
             }];
-            attend_rows(&mut rows, &kv, scale);
+            attend_rows(HostIsa::Scalar, &mut rows, &kv, scale);
         }
         // Grouped.
         let mut grouped = vec![vec![0f32; hd]; 5];
@@ -887,7 +912,7 @@ mod tests {
                 out,
             })
             .collect();
-        attend_rows(&mut rows, &kv, scale);
+        attend_rows(HostIsa::detect(), &mut rows, &kv, scale);
         assert_eq!(alone, grouped);
         for i in 0..5 {
             let want = naive(&qs[i], &k, &v, hd, ranges[i].0, ranges[i].1);
