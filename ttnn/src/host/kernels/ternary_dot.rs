@@ -303,6 +303,23 @@ mod tests {
                 prop_assert_eq!(got1[0] - qsum[2], want(&t, &qs[2]), "{:?} single row", isa);
             }
         }
+
+        /// The GEMV kernel (one activation row, several weight rows) equals the reference too.
+        #[test]
+        fn gemv_every_isa_matches_the_reference(k in 1usize..1200, seed in any::<u64>()) {
+            let cases: [_; 4] = std::array::from_fn(|i| case(k, seed ^ (i as u64 + 1)));
+            let q = cases[0].2[0].as_slice();
+            let qsum: i32 = q.iter().map(|&v| v as i32).sum();
+            let rows: [&[u8]; 4] = std::array::from_fn(|i| cases[i].1.packed.as_slice());
+            for isa in HostIsa::supported_list() {
+                let got4 = dot_codes_weights(isa, q, &rows);
+                let got1 = dot_codes_weights(isa, q, &[rows[3]]);
+                for i in 0..4 {
+                    prop_assert_eq!(got4[i] - qsum, want(&cases[i].0, q), "{:?} row {}", isa, i);
+                }
+                prop_assert_eq!(got1[0] - qsum, want(&cases[3].0, q), "{:?} single row", isa);
+            }
+        }
     }
 
     #[test]
@@ -314,6 +331,18 @@ mod tests {
         for isa in HostIsa::supported_list() {
             let got = dot_codes(isa, &[q.as_slice()], &packed.packed)[0] - (-128 * k as i32);
             assert_eq!(got, -128 * k as i32, "{isa:?}");
+            let rows = [packed.packed.as_slice(); 4];
+            for got in dot_codes_weights(isa, &q, &rows) {
+                assert_eq!(got - (-128 * k as i32), -128 * k as i32, "{isa:?} GEMV");
+            }
+        }
+        // The other end: q = 127.
+        let q = vec![127i8; k];
+        for isa in HostIsa::supported_list() {
+            let rows = [packed.packed.as_slice(); 2];
+            for got in dot_codes_weights(isa, &q, &rows) {
+                assert_eq!(got - 127 * k as i32, 127 * k as i32, "{isa:?} GEMV");
+            }
         }
     }
 }
