@@ -117,25 +117,24 @@ fn dequant(acc: i32, s: f32, weight_scale: f32, mode: WeightScaleMode) -> f32 {
     }
 }
 
-/// `dst[i] = dequant(accs[i] - qsum, s, weight scale i)` for one run of outputs of one row, the
-/// weight scale per channel or shared.
-#[allow(clippy::too_many_arguments)]
-fn dequant_run(
-    isa: HostIsa,
-    dst: &mut [f32],
-    accs: &[i32],
-    row: (i32, f32),
-    per_channel: Option<&[f32]>,
+/// How one row's exact accumulators become outputs (see [`dequant`]): the row's sum of codes
+/// and scale, and the weight scales (per channel from the run's first output, or shared).
+#[derive(Clone, Copy)]
+struct RowDequant<'a> {
+    qsum: i32,
+    s: f32,
+    per_channel: Option<&'a [f32]>,
     ws: f32,
     mode: WeightScaleMode,
-) {
+}
+
+/// `dst[i] = dequant(accs[i] - qsum, s, weight scale i)` for one run of outputs of one row.
+fn dequant_run(isa: HostIsa, dst: &mut [f32], accs: &[i32], d: RowDequant<'_>) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the device selects Avx2/Avx512Vnni only after detecting AVX2.
-        HostIsa::Avx2 | HostIsa::Avx512Vnni => unsafe {
-            dequant_run_avx2(dst, accs, row, per_channel, ws, mode)
-        },
-        _ => dequant_run_impl(dst, accs, row, per_channel, ws, mode),
+        HostIsa::Avx2 | HostIsa::Avx512Vnni => unsafe { dequant_run_avx2(dst, accs, d) },
+        _ => dequant_run_impl(dst, accs, d),
     }
 }
 
@@ -146,27 +145,20 @@ fn dequant_run(
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn dequant_run_avx2(
-    dst: &mut [f32],
-    accs: &[i32],
-    row: (i32, f32),
-    per_channel: Option<&[f32]>,
-    ws: f32,
-    mode: WeightScaleMode,
-) {
-    dequant_run_impl(dst, accs, row, per_channel, ws, mode)
+unsafe fn dequant_run_avx2(dst: &mut [f32], accs: &[i32], d: RowDequant<'_>) {
+    dequant_run_impl(dst, accs, d)
 }
 
 /// One loop per case, so that each vectorizes.
 #[inline(always)]
-fn dequant_run_impl(
-    dst: &mut [f32],
-    accs: &[i32],
-    (qsum, s): (i32, f32),
-    per_channel: Option<&[f32]>,
-    ws: f32,
-    mode: WeightScaleMode,
-) {
+fn dequant_run_impl(dst: &mut [f32], accs: &[i32], d: RowDequant<'_>) {
+    let RowDequant {
+        qsum,
+        s,
+        per_channel,
+        ws,
+        mode,
+    } = d;
     match (per_channel, mode) {
         (Some(v), _) => {
             for ((d, &a), &w) in dst.iter_mut().zip(accs).zip(v) {
@@ -321,8 +313,14 @@ impl HostCommand for BitLinearCmd {
                 // the slice lives; `o` outlives the parallel region.
                 let dst =
                     unsafe { std::slice::from_raw_parts_mut(op.get().add(r * n + j0), accs.len()) };
-                let per_channel = per_channel.map(|v| &v[j0..]);
-                dequant_run(isa, dst, accs, (qsums[r], scales[r]), per_channel, ws, mode);
+                let d = RowDequant {
+                    qsum: qsums[r],
+                    s: scales[r],
+                    per_channel: per_channel.map(|v| &v[j0..]),
+                    ws,
+                    mode,
+                };
+                dequant_run(isa, dst, accs, d);
             };
             let kernel = |range: std::ops::Range<usize>| {
                 if rows < 4 {
