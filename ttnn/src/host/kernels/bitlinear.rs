@@ -324,8 +324,9 @@ impl HostCommand for BitLinearCmd {
             };
             let kernel = |range: std::ops::Range<usize>| {
                 if rows < 4 {
-                    // A GEMV (decode): weight rows in pairs, each activation vector loaded once
-                    // for both. Exact integer sums, so the same values as the path below.
+                    // A GEMV (decode): weight rows in groups of GEMV_ROWS, each activation
+                    // vector loaded once for the group. Exact integer sums, so the same values as
+                    // the path below.
                     let ahead = prefetch_rows_ahead(TernaryData::row_bytes(k));
                     let mut j = range.start;
                     while j + GEMV_ROWS <= range.end {

@@ -113,11 +113,16 @@ fn apply_chain_in_place(ops: &[UnaryOp], o: &mut [f32]) {
 
 /// `o[i] = o[i] op y[i]`, the op fixed outside the loop (see [`apply_chain_in_place`]).
 fn binary_in_place(op: BinaryOpType, o: &mut [f32], y: &[f32]) {
-    let pairs = o.iter_mut().zip(y);
+    #[inline(always)]
+    fn zip_map(o: &mut [f32], y: &[f32], op: BinaryOpType) {
+        for (v, &y) in o.iter_mut().zip(y) {
+            *v = apply_binary(op, *v, y);
+        }
+    }
     match op {
-        BinaryOpType::Add => pairs.for_each(|(v, &y)| *v += y),
-        BinaryOpType::Subtract => pairs.for_each(|(v, &y)| *v -= y),
-        BinaryOpType::Multiply => pairs.for_each(|(v, &y)| *v *= y),
+        BinaryOpType::Add => zip_map(o, y, BinaryOpType::Add),
+        BinaryOpType::Subtract => zip_map(o, y, BinaryOpType::Subtract),
+        BinaryOpType::Multiply => zip_map(o, y, BinaryOpType::Multiply),
     }
 }
 
@@ -154,11 +159,7 @@ impl HostCommand for BinaryCmd {
                 for (k, i) in range.enumerate() {
                     let x = apply_chain(acts, a[ab.index(i)]);
                     let y = b[bb.index(i)];
-                    o[k] = match op {
-                        BinaryOpType::Add => x + y,
-                        BinaryOpType::Subtract => x - y,
-                        BinaryOpType::Multiply => x * y,
-                    };
+                    o[k] = apply_binary(op, x, y);
                 }
             };
             par_chunks(ctx, o, &kernel);
