@@ -23,7 +23,7 @@ use crate::checkpoint::Weights;
 use crate::config::BitNetConfig;
 use crate::error::Result;
 use crate::memory_plan::{MemoryPlan, PlanOp, Step};
-use crate::rms_norm::RmsNorm;
+use crate::rms_norm::{NormedInput, RmsNorm};
 use crate::rope::RotarySetup;
 use crate::ternary::TernaryWeight;
 
@@ -103,23 +103,27 @@ impl Attention {
     }
 
     fn heads_out(&self, attn: &Tensor, plan: &MemoryPlan, step: Step) -> Result<Tensor> {
-        let x = self
-            .attn_sub_norm
-            .forward(attn, plan.op_in(step, PlanOp::AttnSubNorm))?;
-        self.o_proj.forward(&x, plan.op_in(step, PlanOp::OProj))
+        let norm_cfg = plan.op_in(step, PlanOp::AttnSubNorm);
+        let x = self.attn_sub_norm.for_bitlinear(attn, norm_cfg)?;
+        self.o_proj
+            .forward_normed(&x, norm_cfg, plan.op_in(step, PlanOp::OProj))
     }
 
     /// One prefill chunk: `x` `[1, 1, S, H]` (normed), returns `[1, 1, S, H]`.
     pub fn forward_prefill(
         &self,
-        x: &Tensor,
+        x: &NormedInput<'_>,
         rope: &RotarySetup,
         (k_cache, v_cache): (&Tensor, &Tensor),
         inp: &PrefillStepInputs<'_>,
         plan: &MemoryPlan,
     ) -> Result<Tensor> {
         let step = Step::Prefill;
-        let qkv = self.qkv_proj.forward(x, plan.op_in(step, PlanOp::Qkv))?;
+        let qkv = self.qkv_proj.forward_normed(
+            x,
+            plan.op_in(step, PlanOp::AttnNorm),
+            plan.op_in(step, PlanOp::Qkv),
+        )?;
         let heads = plan.op_in(step, PlanOp::CreateHeads);
         let (q, k, v) = nlp_create_qkv_heads(
             &qkv,
@@ -178,7 +182,7 @@ impl Attention {
     /// One decode step: `x` `[1, 1, B, H]` (normed), returns `[1, 1, B, H]`.
     pub fn forward_decode(
         &self,
-        x: &Tensor,
+        x: &NormedInput<'_>,
         rope: &RotarySetup,
         (k_cache, v_cache): (&Tensor, &Tensor),
         inp: &DecodeStepInputs<'_>,
@@ -186,7 +190,9 @@ impl Attention {
     ) -> Result<Tensor> {
         let device = inp.device;
         let users = x.shape().dim(-2);
-        let qkv = self.qkv_proj.forward(x, plan.op(PlanOp::Qkv))?;
+        let qkv =
+            self.qkv_proj
+                .forward_normed(x, plan.op(PlanOp::AttnNorm), plan.op(PlanOp::Qkv))?;
         let head_mc = MemoryPlan::decode_head_config(device, self.num_heads, self.head_dim, users);
         let (q, k, v) = nlp_create_qkv_heads_decode(
             &qkv,

@@ -7,6 +7,7 @@ use ttnn::{DRAM_MEMORY_CONFIG, DataType, Device, Layout, Tensor};
 
 use crate::error::{Error, Result};
 use crate::memory_plan::OpConfig;
+use crate::rms_norm::NormedInput;
 use crate::ternary::{ScaleRule, TernaryWeight};
 
 /// A (possibly fused) ternary linear layer on the device.
@@ -124,18 +125,38 @@ impl BitLinear {
 
     /// `x [..., in] -> [..., out]` in the plan's memory config and dtype.
     pub fn forward(&self, x: &Tensor, cfg: &OpConfig) -> Result<Tensor> {
-        Ok(bitlinear(
-            x,
-            &self.weight,
-            &BitLinearArgs {
-                weight_scale: self.scale,
-                weight_scales: self.scales.as_ref(),
-                scale_mode: self.mode,
-                memory_config: Some(cfg.memory_config.clone()),
-                dtype: Some(cfg.dtype),
-                compute_kernel_config: Some(cfg.compute_kernel_config),
-                ..Default::default()
-            },
-        )?)
+        Ok(bitlinear(x, &self.weight, &self.args(cfg))?)
+    }
+
+    /// [`Self::forward`] of an RMSNorm's output; `norm_cfg` is the norm's plan entry.
+    pub fn forward_normed(
+        &self,
+        x: &NormedInput<'_>,
+        norm_cfg: &OpConfig,
+        cfg: &OpConfig,
+    ) -> Result<Tensor> {
+        match x {
+            NormedInput::Ready(t) => self.forward(t, cfg),
+            NormedInput::Deferred { x, norm } => Ok(bitlinear(
+                x,
+                &self.weight,
+                &BitLinearArgs {
+                    input_rms_norm: Some(norm.as_input_norm(norm_cfg)),
+                    ..self.args(cfg)
+                },
+            )?),
+        }
+    }
+
+    fn args(&self, cfg: &OpConfig) -> BitLinearArgs<'_> {
+        BitLinearArgs {
+            weight_scale: self.scale,
+            weight_scales: self.scales.as_ref(),
+            scale_mode: self.mode,
+            memory_config: Some(cfg.memory_config.clone()),
+            dtype: Some(cfg.dtype),
+            compute_kernel_config: Some(cfg.compute_kernel_config),
+            ..Default::default()
+        }
     }
 }

@@ -67,7 +67,7 @@ impl DecoderLayer {
     fn mlp_block(&self, x: Tensor, plan: &MemoryPlan, step: Step) -> Result<Tensor> {
         let h = self
             .post_attention_layernorm
-            .forward(&x, plan.op_in(step, PlanOp::FfnNorm))?;
+            .for_bitlinear(&x, plan.op_in(step, PlanOp::FfnNorm))?;
         let m = self.mlp.forward(&h, plan, step)?;
         drop(h);
         residual_add(&x, &m, plan, step, PlanOp::FfnResidual)
@@ -84,7 +84,7 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         let h = self
             .input_layernorm
-            .forward(x, plan.op_in(Step::Prefill, PlanOp::AttnNorm))?;
+            .for_bitlinear(x, plan.op_in(Step::Prefill, PlanOp::AttnNorm))?;
         let a = self.self_attn.forward_prefill(&h, rope, kv, inp, plan)?;
         drop(h);
         let x = residual_add(x, &a, plan, Step::Prefill, PlanOp::AttnResidual)?;
@@ -100,7 +100,9 @@ impl DecoderLayer {
         inp: &DecodeStepInputs<'_>,
         plan: &MemoryPlan,
     ) -> Result<Tensor> {
-        let h = self.input_layernorm.forward(x, plan.op(PlanOp::AttnNorm))?;
+        let h = self
+            .input_layernorm
+            .for_bitlinear(x, plan.op(PlanOp::AttnNorm))?;
         let a = self.self_attn.forward_decode(&h, rope, kv, inp, plan)?;
         drop(h);
         let x = residual_add(x, &a, plan, Step::Decode, PlanOp::AttnResidual)?;

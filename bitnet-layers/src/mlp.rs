@@ -7,7 +7,7 @@ use crate::checkpoint::Weights;
 use crate::config::BitNetConfig;
 use crate::error::Result;
 use crate::memory_plan::{MemoryPlan, PlanOp, Step};
-use crate::rms_norm::RmsNorm;
+use crate::rms_norm::{NormedInput, RmsNorm};
 use crate::ternary::TernaryWeight;
 
 /// The gated relu² feed-forward block with its sub-norm.
@@ -40,9 +40,14 @@ impl Mlp {
     }
 
     /// `x` is the post-attention-normed residual stream; placements from `step`'s plan.
-    pub fn forward(&self, x: &Tensor, plan: &MemoryPlan, step: Step) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x, plan.op_in(step, PlanOp::Gate))?;
-        let up = self.up_proj.forward(x, plan.op_in(step, PlanOp::Up))?;
+    pub fn forward(&self, x: &NormedInput<'_>, plan: &MemoryPlan, step: Step) -> Result<Tensor> {
+        let norm_cfg = plan.op_in(step, PlanOp::FfnNorm);
+        let gate = self
+            .gate_proj
+            .forward_normed(x, norm_cfg, plan.op_in(step, PlanOp::Gate))?;
+        let up = self
+            .up_proj
+            .forward_normed(x, norm_cfg, plan.op_in(step, PlanOp::Up))?;
         let mul = plan.op_in(step, PlanOp::Relu2Mul);
         // relu(gate)^2 * up in one op, as tt_transformers fuses the MLP activation.
         let h = ttnn::multiply(
@@ -55,9 +60,9 @@ impl Mlp {
             },
         )?;
         drop((gate, up));
-        let h = self
-            .ffn_sub_norm
-            .forward(&h, plan.op_in(step, PlanOp::FfnSubNorm))?;
-        self.down_proj.forward(&h, plan.op_in(step, PlanOp::Down))
+        let norm_cfg = plan.op_in(step, PlanOp::FfnSubNorm);
+        let h = self.ffn_sub_norm.for_bitlinear(&h, norm_cfg)?;
+        self.down_proj
+            .forward_normed(&h, norm_cfg, plan.op_in(step, PlanOp::Down))
     }
 }

@@ -1,7 +1,9 @@
-//! `RmsNorm`: `y = w * (x * rsqrt(mean(x^2) + eps))`, through `ttnn::rms_norm`.
+//! `RmsNorm`: `y = w * (x * rsqrt(mean(x^2) + eps))`, through `ttnn::rms_norm`, or fused into
+//! the BitLinear that reads it ([`NormedInput`]).
 
+use ttnn::ops::bitlinear::InputRmsNorm;
 use ttnn::ops::norm::{RmsNormArgs, rms_norm};
-use ttnn::{DRAM_MEMORY_CONFIG, DataType, Device, Layout, Tensor};
+use ttnn::{BackendKind, DRAM_MEMORY_CONFIG, DataType, Device, Layout, Tensor};
 
 use crate::checkpoint::Weights;
 use crate::error::Result;
@@ -46,6 +48,28 @@ impl RmsNorm {
         self.dim
     }
 
+    /// `x` normalized for the BitLinear layers that read it. On the host backend the norm is
+    /// deferred into them (`bitlinear`'s `input_rms_norm`: the same bits as this op, one op and
+    /// one pass over the activations fewer); on a Tenstorrent device it runs here, into the
+    /// plan's placement, as tt_transformers runs its norms.
+    pub fn for_bitlinear<'a>(&'a self, x: &'a Tensor, cfg: &OpConfig) -> Result<NormedInput<'a>> {
+        if x.device().map(Device::backend) == Some(BackendKind::Host) {
+            Ok(NormedInput::Deferred { x, norm: self })
+        } else {
+            Ok(NormedInput::Ready(self.forward(x, cfg)?))
+        }
+    }
+
+    /// This norm as `bitlinear`'s input norm; `memory_config` is where a Tenstorrent device
+    /// would put the normalized tensor.
+    pub fn as_input_norm(&self, cfg: &OpConfig) -> InputRmsNorm<'_> {
+        InputRmsNorm {
+            weight: Some(&self.weight),
+            epsilon: self.eps,
+            memory_config: Some(cfg.memory_config.clone()),
+        }
+    }
+
     /// Normalizes the last dimension of `x`, producing the plan's memory config and dtype.
     pub fn forward(&self, x: &Tensor, cfg: &OpConfig) -> Result<Tensor> {
         Ok(rms_norm(
@@ -58,5 +82,23 @@ impl RmsNorm {
                 ..Default::default()
             },
         )?)
+    }
+}
+
+/// The input of BitLinear layers that follow an RMSNorm: normalized already, or the raw tensor
+/// with the norm still to apply (see [`RmsNorm::for_bitlinear`]).
+#[derive(Debug)]
+pub enum NormedInput<'a> {
+    Ready(Tensor),
+    Deferred { x: &'a Tensor, norm: &'a RmsNorm },
+}
+
+impl NormedInput<'_> {
+    /// The tensor's shape (the norm keeps it).
+    pub fn shape(&self) -> ttnn::Shape {
+        match self {
+            Self::Ready(t) => t.shape(),
+            Self::Deferred { x, .. } => x.shape(),
+        }
     }
 }

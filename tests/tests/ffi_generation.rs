@@ -202,3 +202,69 @@ fn per_user_sampling_seeds_are_refused_on_tenstorrent() {
     }
     assert_eq!(live_handles(), 0);
 }
+
+/// `bitlinear` with an input RMSNorm on the Tenstorrent backend runs `rms_norm` and then the
+/// op (the host fuses them): the same values as the two ops called in turn, and within the
+/// lowering's few ulps of the host's fused kernel.
+#[test]
+fn bitlinear_input_rms_norm_lowers_to_rms_norm_then_bitlinear() {
+    use ttnn::experimental::{BitLinearArgs, InputRmsNorm, bitlinear};
+    use ttnn::{DRAM_MEMORY_CONFIG, Layout, RmsNormArgs, Tensor, rms_norm};
+    let _s = serial();
+    {
+        let (m, k, n) = (3, 256, 64);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let g: Vec<f32> = (0..k).map(|i| 0.5 + (i % 13) as f32 / 10.0).collect();
+        let t: Vec<i8> = (0..n * k).map(|i| (i * 7 % 3) as i8 - 1).collect();
+        let run = |dev: &Device, fused: bool| -> Vec<f32> {
+            let up = |v: &[f32], shape: &[usize], layout| {
+                Tensor::from_slice(v, shape, DataType::Float32, layout)
+                    .and_then(|t| t.into_device(dev, &DRAM_MEMORY_CONFIG))
+                    .expect("upload")
+            };
+            let xd = up(&x, &[1, 1, m, k], Layout::Tile);
+            let gd = up(&g, &[1, 1, k / 32, 32], Layout::RowMajor);
+            let wd = Tensor::from_slice(&t, [n, k], DataType::Ternary, Layout::Tile)
+                .and_then(|t| t.into_device(dev, &DRAM_MEMORY_CONFIG))
+                .expect("weight");
+            let args = BitLinearArgs {
+                weight_scale: 0.25,
+                ..Default::default()
+            };
+            let y = if fused {
+                let norm = InputRmsNorm {
+                    weight: Some(&gd),
+                    epsilon: 1e-5,
+                    memory_config: None,
+                };
+                let args = BitLinearArgs {
+                    input_rms_norm: Some(norm),
+                    ..args
+                };
+                bitlinear(&xd, &wd, &args)
+            } else {
+                let norm_args = RmsNormArgs {
+                    epsilon: 1e-5,
+                    weight: Some(&gd),
+                    ..Default::default()
+                };
+                let h = rms_norm(&xd, &norm_args).expect("rms_norm");
+                bitlinear(&h, &wd, &args)
+            };
+            y.and_then(|y| y.to_vec::<f32>()).expect("bitlinear")
+        };
+        let td = provider_device();
+        let (fused, separate) = (run(&td, true), run(&td, false));
+        assert_eq!(fused, separate);
+        let host = run(&host(), true);
+        for (i, (a, b)) in fused.iter().zip(&host).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs(),
+                "output {i}: {a} vs host {b}"
+            );
+        }
+    }
+    assert_eq!(live_handles(), 0);
+}

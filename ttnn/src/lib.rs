@@ -65,8 +65,8 @@ pub use ops::sampling::{
 /// tt_transformers calls them by.
 pub mod experimental {
     pub use crate::ops::bitlinear::{
-        ActivationQuant, BitLinearArgs, QuantizeActivationsArgs, WeightScaleMode, bitlinear,
-        quantize_activations_int8,
+        ActivationQuant, BitLinearArgs, InputRmsNorm, QuantizeActivationsArgs, WeightScaleMode,
+        bitlinear, quantize_activations_int8,
     };
     pub use crate::ops::data_movement::{
         NlpConcatHeadsDecodeArgs, NlpCreateQkvHeadsArgs, NlpCreateQkvHeadsDecodeArgs,

@@ -11,8 +11,10 @@ use half::bf16;
 use proptest::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 use ttnn::ops::bitlinear::{
-    BitLinearArgs, QuantizeActivationsArgs, WeightScaleMode, bitlinear, quantize_activations_int8,
+    BitLinearArgs, InputRmsNorm, QuantizeActivationsArgs, WeightScaleMode, bitlinear,
+    quantize_activations_int8,
 };
+use ttnn::ops::norm::{RmsNormArgs, rms_norm};
 use ttnn::{
     DRAM_MEMORY_CONFIG, DataType, Device, DeviceSpec, L1_WIDTH_SHARDED_MEMORY_CONFIG, Layout,
     Tensor, TensorMemoryLayout, begin_trace_capture, copy_host_to_device, end_trace_capture,
@@ -202,6 +204,192 @@ proptest! {
         if zero_row {
             prop_assert_eq!(s_got[0], 1.27e7);
         }
+    }
+}
+
+/// Gamma as the model stores it (`[1, 1, K/32, 32]` row-major, or `[K]` when K is not a multiple
+/// of 32), or as a TILE row.
+fn gamma_dev(dev: &Device, g: &[f32], tile: bool) -> Tensor {
+    let k = g.len();
+    let (shape, layout): (Vec<usize>, Layout) = if tile {
+        (vec![1, 1, 1, k], Layout::Tile)
+    } else if k.is_multiple_of(32) {
+        (vec![1, 1, k / 32, 32], Layout::RowMajor)
+    } else {
+        (vec![k], Layout::RowMajor)
+    };
+    upload(
+        dev,
+        g,
+        &shape,
+        DataType::Float32,
+        layout,
+        &DRAM_MEMORY_CONFIG,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The fused input norm gives the bits of `rms_norm` followed by `bitlinear`, on one and two
+    /// threads, for rows alone (decode) and in batches past the parallel quantization (rows x K
+    /// >= 2^16), with f32 and bf16 inputs (the separate norm rounds its output to bf16).
+    #[test]
+    fn input_rms_norm_equals_rms_norm_then_bitlinear(
+        m in prop_oneof![1usize..6, 30usize..50],
+        k in prop_oneof![1usize..300, Just(2560usize)],
+        n in 1usize..80,
+        gamma_kind in 0usize..3,
+        x_bf16 in any::<bool>(),
+        eps_exp in -12i32..-1,
+        seed in any::<u64>(),
+    ) {
+        let dev2 = device();
+        let dev1 = Device::open(DeviceSpec::default().with_threads(1)).expect("device");
+        let mut rng = Rng::new(seed);
+        let x = rng.vec(m * k, 4.0);
+        let g = rng.vec(k, 2.0);
+        let t: Vec<i8> = (0..n * k).map(|_| rng.below(3) as i8 - 1).collect();
+        let x_type = if x_bf16 { DataType::Bfloat16 } else { DataType::Float32 };
+        let epsilon = 10f32.powi(eps_exp);
+        for dev in [&dev2, &dev1] {
+            let xd = upload(dev, &x, &[1, 1, m, k], x_type, Layout::Tile, &DRAM_MEMORY_CONFIG);
+            let wd = ternary_dev(dev, &t, &[n, k]);
+            let gd = (gamma_kind > 0).then(|| gamma_dev(dev, &g, gamma_kind == 2));
+            let normed = rms_norm(
+                &xd,
+                &RmsNormArgs { epsilon, weight: gd.as_ref(), ..Default::default() },
+            )
+            .expect("rms_norm");
+            let args = BitLinearArgs { weight_scale: 0.3, ..Default::default() };
+            let want = bitlinear(&normed, &wd, &args).expect("bitlinear").to_vec::<f32>().expect("y");
+            let fused_args = BitLinearArgs {
+                input_rms_norm: Some(InputRmsNorm { weight: gd.as_ref(), epsilon, memory_config: None }),
+                ..args
+            };
+            let got = bitlinear(&xd, &wd, &fused_args).expect("fused").to_vec::<f32>().expect("y");
+            prop_assert_eq!(got.len(), want.len());
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                prop_assert_eq!(a.to_bits(), b.to_bits(), "element {} ({} threads): {} vs {}", i, dev.num_threads(), a, b);
+            }
+        }
+    }
+}
+
+/// A trace with the fused norm replays from the refreshed input without allocating, and bad
+/// norm arguments are refused with the op's name.
+#[test]
+fn input_rms_norm_replays_and_validates() {
+    let dev = device();
+    let mut rng = Rng::new(17);
+    let (k, n) = (2560, 96);
+    let t: Vec<i8> = (0..n * k).map(|_| rng.below(3) as i8 - 1).collect();
+    let wd = ternary_dev(&dev, &t, &[n, k]);
+    let g = rng.vec(k, 1.5);
+    let gd = gamma_dev(&dev, &g, false);
+    let mut xd = upload_f32(&dev, &rng.vec(k, 1.0), &[1, 1, 1, k]);
+    let norm = InputRmsNorm {
+        weight: Some(&gd),
+        epsilon: 1e-5,
+        memory_config: None,
+    };
+    let args = BitLinearArgs {
+        weight_scale: 0.5,
+        input_rms_norm: Some(norm.clone()),
+        ..Default::default()
+    };
+    let id = begin_trace_capture(&dev, 0).expect("begin");
+    let y = bitlinear(&xd, &wd, &args).expect("captured bitlinear");
+    let trace = end_trace_capture(&dev, id, 0).expect("end");
+    for step in 0..3 {
+        let host = Tensor::from_slice(
+            &rng.vec(k, 3.0),
+            [1, 1, 1, k],
+            DataType::Float32,
+            Layout::Tile,
+        )
+        .expect("host");
+        copy_host_to_device(&host, &mut xd).expect("refresh");
+        let allocs = allocations_in(|| execute_trace(&dev, &trace, 0, true).expect("replay"));
+        assert_eq!(allocs, 0, "replay {step} allocated");
+        let normed = rms_norm(
+            &xd,
+            &RmsNormArgs {
+                epsilon: 1e-5,
+                weight: Some(&gd),
+                ..Default::default()
+            },
+        )
+        .expect("rms_norm");
+        let plain = BitLinearArgs {
+            input_rms_norm: None,
+            ..args.clone()
+        };
+        let want = bitlinear(&normed, &wd, &plain).expect("bitlinear");
+        assert_eq!(
+            y.to_vec::<f32>().expect("y"),
+            want.to_vec::<f32>().expect("want"),
+            "replay {step}"
+        );
+    }
+
+    // The input as its own gamma (one buffer read twice: the kernel must not lock it twice).
+    let self_gamma = BitLinearArgs {
+        input_rms_norm: Some(InputRmsNorm {
+            weight: Some(&xd),
+            ..norm.clone()
+        }),
+        ..Default::default()
+    };
+    let normed = rms_norm(
+        &xd,
+        &RmsNormArgs {
+            epsilon: 1e-5,
+            weight: Some(&xd),
+            ..Default::default()
+        },
+    )
+    .expect("rms_norm");
+    assert_eq!(
+        bitlinear(&xd, &wd, &self_gamma)
+            .expect("self gamma")
+            .to_vec::<f32>()
+            .expect("y"),
+        bitlinear(&normed, &wd, &Default::default())
+            .expect("bitlinear")
+            .to_vec::<f32>()
+            .expect("want"),
+    );
+
+    let short = gamma_dev(&dev, &g[..k - 32], false);
+    for (bad, needles) in [
+        (
+            InputRmsNorm {
+                epsilon: -1.0,
+                ..norm.clone()
+            },
+            &["input_rms_norm.epsilon", "-1"][..],
+        ),
+        (
+            InputRmsNorm {
+                epsilon: f32::NAN,
+                ..norm.clone()
+            },
+            &["input_rms_norm.epsilon"][..],
+        ),
+        (
+            InputRmsNorm {
+                weight: Some(&short),
+                ..norm.clone()
+            },
+            &["input_rms_norm.weight"][..],
+        ),
+    ] {
+        let args = BitLinearArgs {
+            input_rms_norm: Some(bad),
+            ..Default::default()
+        };
+        assert_err(bitlinear(&xd, &wd, &args), OP, needles);
     }
 }
 

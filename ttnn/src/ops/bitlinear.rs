@@ -19,7 +19,8 @@
 
 use crate::device::{BackendImpl, Device};
 use crate::error::{Error, Result};
-use crate::host::kernels::bitlinear::{BitLinearCmd, QuantizeCmd};
+use crate::host::kernels::bitlinear::{BitLinearCmd, InputNormCmd, QuantizeCmd};
+use crate::ops::norm::{RmsNormArgs, check_affine, rms_norm};
 use crate::ops::{
     FLOAT_TYPES, expect_dtype, expect_layout, on_device, on_same_device, output_memory_config,
 };
@@ -55,6 +56,24 @@ pub enum WeightScaleMode {
     Divide,
 }
 
+/// An RMSNorm applied to [`bitlinear`]'s input before the quantization (BitNet normalizes the
+/// input of every BitLinear): `bitlinear(x, w, {input_rms_norm: n})` equals
+/// `bitlinear(rms_norm(x, {epsilon: n.epsilon, weight: n.weight}), w)` bit for bit.
+///
+/// The host backend fuses the two: each row is normalized into scratch and quantized from there,
+/// saving one op and one pass over the activations per layer (BitNet has four per decoder
+/// layer). The Tenstorrent backend runs `ttnn::rms_norm` (into `memory_config`) and then the
+/// op, as tt_transformers runs its norms.
+#[derive(Clone, Debug)]
+pub struct InputRmsNorm<'a> {
+    /// Gamma, as `ttnn::rms_norm` takes it (`[1, 1, K/32, 32]` ROW_MAJOR, `[K]`, or TILE).
+    pub weight: Option<&'a Tensor>,
+    /// Must be finite and non-negative.
+    pub epsilon: f32,
+    /// Where the Tenstorrent backend puts the normalized input. Default: the input's.
+    pub memory_config: Option<MemoryConfig>,
+}
+
 /// Optional arguments of [`bitlinear`].
 #[derive(Clone, Debug)]
 pub struct BitLinearArgs<'a> {
@@ -75,6 +94,8 @@ pub struct BitLinearArgs<'a> {
     pub compute_kernel_config: Option<ComputeKernelConfig>,
     /// Default: [`ActivationQuant::Int8PerToken`].
     pub activation_quant: ActivationQuant,
+    /// An RMSNorm of the input to run first (default: none).
+    pub input_rms_norm: Option<InputRmsNorm<'a>>,
 }
 
 impl Default for BitLinearArgs<'_> {
@@ -87,6 +108,7 @@ impl Default for BitLinearArgs<'_> {
             dtype: None,
             compute_kernel_config: None,
             activation_quant: ActivationQuant::Int8PerToken,
+            input_rms_norm: None,
         }
     }
 }
@@ -128,6 +150,7 @@ fn check_input<'a>(op: &'static str, input: &'a Tensor) -> Result<(&'a Device, u
 ///   in_features]`, like torch's `F.linear` weight (not pre-transposed as tt_transformers stores
 ///   its bf16 weights); leading dims of 1 are allowed (`[1, 1, N, K]`).
 /// - `args.weight_scales`: optional per-output scales `[N]` (Float32) replacing `weight_scale`.
+/// - `args.input_rms_norm`: an RMSNorm of the input to apply first (see [`InputRmsNorm`]).
 /// - Output: `[..., M, N]`, dtype `args.dtype` or the input's (float types), TILE, memory config
 ///   `args.memory_config` or DRAM interleaved.
 pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs<'_>) -> Result<Tensor> {
@@ -179,13 +202,38 @@ pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs<'_>) -> R
             format!("{FLOAT_TYPES:?}"),
         ));
     }
+    if let Some(norm) = &args.input_rms_norm {
+        if !norm.epsilon.is_finite() || norm.epsilon < 0.0 {
+            return Err(Error::arg(
+                op,
+                format!(
+                    "input_rms_norm.epsilon must be finite and non-negative, got {}",
+                    norm.epsilon
+                ),
+            ));
+        }
+        check_affine(op, device, "input_rms_norm.weight", norm.weight, input)?;
+    }
     let out_shape = input.shape().with_last(n);
     let requested = args.memory_config.clone().unwrap_or(DRAM_MEMORY_CONFIG);
     let mc = output_memory_config(op, device, Some(&requested), input, out_shape, Layout::Tile)?;
     let host = match device.backend_impl() {
         BackendImpl::Host(host) => host,
         BackendImpl::Tt(tt) => {
-            return tt_ops::bitlinear(&Tt::new(tt, device), op, input, weight, n, args);
+            let normed = match &args.input_rms_norm {
+                Some(norm) => Some(rms_norm(
+                    input,
+                    &RmsNormArgs {
+                        epsilon: norm.epsilon,
+                        weight: norm.weight,
+                        memory_config: norm.memory_config.clone(),
+                        ..Default::default()
+                    },
+                )?),
+                None => None,
+            };
+            let x = normed.as_ref().unwrap_or(input);
+            return tt_ops::bitlinear(&Tt::new(tt, device), op, x, weight, n, args);
         }
     };
     if args.activation_quant == ActivationQuant::Skip {
@@ -199,9 +247,26 @@ pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs<'_>) -> R
         Some(t) => Some(t.host_buffer(op, "weight_scales")?.clone()),
         None => None,
     };
+    let input_norm = match &args.input_rms_norm {
+        Some(norm) => Some(InputNormCmd {
+            gamma: match norm.weight {
+                Some(g) => Some(g.host_buffer(op, "input_rms_norm.weight")?.clone()),
+                None => None,
+            },
+            epsilon: norm.epsilon,
+            round_bf16: input.dtype() == DataType::Bfloat16,
+            s_gamma: Vec::with_capacity(match norm.weight {
+                Some(g) if g.dtype() != DataType::Float32 => g.shape().volume(),
+                _ => 0,
+            }),
+            normed: Vec::with_capacity(input.shape().rows() * k),
+        }),
+        None => None,
+    };
     let out = Tensor::allocate(device, op, out_shape, dtype, Layout::Tile, &mc)?;
     let rows = input.shape().rows();
     host.submit(BitLinearCmd {
+        input_norm,
         input: input.host_buffer(op, "input")?.clone(),
         weight: weight.host_buffer(op, "weight")?.clone(),
         out: out.host_buffer(op, "output")?.clone(),

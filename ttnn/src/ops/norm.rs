@@ -128,8 +128,8 @@ pub fn rms_norm(input: &Tensor, args: &RmsNormArgs<'_>) -> Result<Tensor> {
             ));
         }
     }
-    check_affine(device, "weight", args.weight, input)?;
-    check_affine(device, "bias", args.bias, input)?;
+    check_affine(OP, device, "weight", args.weight, input)?;
+    check_affine(OP, device, "bias", args.bias, input)?;
     if let (Some(g), Some(b)) = (args.weight, args.bias)
         && g.layout() != b.layout()
     {
@@ -220,23 +220,24 @@ pub fn rms_norm(input: &Tensor, args: &RmsNormArgs<'_>) -> Result<Tensor> {
 }
 
 /// Validates gamma or beta as TT-NN does.
-fn check_affine(
+pub(crate) fn check_affine(
+    op: &'static str,
     device: &crate::device::Device,
     what: &'static str,
     t: Option<&Tensor>,
     input: &Tensor,
 ) -> Result<()> {
     let Some(t) = t else { return Ok(()) };
-    on_same_device(OP, what, device, t)?;
+    on_same_device(op, what, device, t)?;
     let width = input.shape().last();
     let padded_w = input.padded_shape().last();
     match t.layout() {
         Layout::Tile => {
-            expect_dtype(OP, what, t, crate::ops::FLOAT_TYPES)?;
+            expect_dtype(op, what, t, crate::ops::FLOAT_TYPES)?;
             let p = t.padded_shape();
             if p.last() != padded_w || p.dim(-2) != TILE_SIZE || t.shape().last() != width {
                 return Err(Error::shape(
-                    OP,
+                    op,
                     format!(
                         "{what} (a TILE {what} needs the input's width {width} and a padded height of 32)"
                     ),
@@ -246,13 +247,13 @@ fn check_affine(
             }
         }
         Layout::RowMajor => {
-            expect_dtype(OP, what, t, &[DataType::Float32, DataType::Bfloat16])?;
+            expect_dtype(op, what, t, &[DataType::Float32, DataType::Bfloat16])?;
             let s = t.shape();
             let tt_rule = s.last() == TILE_SIZE && s.volume() / TILE_SIZE == padded_w / TILE_SIZE;
             let plain_row = s.last() == width && s.volume() == width;
             if !(tt_rule || plain_row) {
                 return Err(Error::shape(
-                    OP,
+                    op,
                     format!(
                         "{what} (Gamma's last padded dim needs to equal tile width and gamma's volume needs to align with last padded dim of input)"
                     ),

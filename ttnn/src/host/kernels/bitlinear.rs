@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use super::eltwise::SendPtr;
+use super::norm::rms_norm_row;
 use super::ternary_dot::{dot_codes, dot_codes_weights};
 use super::{prefetch, prefetch_rows_ahead};
 use super::{read_f32, write_f32};
@@ -178,8 +179,34 @@ fn dequant_run_impl(dst: &mut [f32], accs: &[i32], d: RowDequant<'_>) {
     }
 }
 
+/// The RMSNorm a `bitlinear` applies to its input first (`InputRmsNorm`): each row is normalized
+/// into scratch just before it is quantized, while it is in L1.
+pub(crate) struct InputNormCmd {
+    pub gamma: Option<Arc<HostBuffer>>,
+    pub epsilon: f32,
+    /// The input is bf16, so the separate `rms_norm` would store its output as bf16: the
+    /// normalized values are rounded the same way, for the same bits as the two ops.
+    pub round_bf16: bool,
+    /// Gamma decoded to f32 (capacity reserved unless it is f32).
+    pub s_gamma: Vec<f32>,
+    /// The normalized rows (capacity reserved).
+    pub normed: Vec<f32>,
+}
+
+/// A row's normalization in [`quantize_rows`]: `rms_norm_row` into row `r` of `out`.
+#[derive(Clone, Copy)]
+struct RowNorm<'a> {
+    gamma: Option<&'a [f32]>,
+    eps: f32,
+    round_bf16: bool,
+    /// `rows * k` values.
+    out: SendPtr<f32>,
+}
+
 /// Quantizes `rows` rows of `k` values into `q` (rows `kp >= k` apart, the tail zero) and
 /// `scales`, and records each row's sum of codes in `qsums` (parallel over rows when large).
+/// With `norm`, each row is RMS-normalized first.
+#[allow(clippy::too_many_arguments)] // the scratch outputs of one op, each its own buffer
 fn quantize_rows(
     ctx: &HostCtx<'_>,
     x: &[f32],
@@ -188,10 +215,25 @@ fn quantize_rows(
     q: &mut [i8],
     scales: &mut [f32],
     qsums: &mut [i32],
+    norm: Option<RowNorm<'_>>,
 ) {
     let rows = scales.len();
     let one = |r: usize, qr: &mut [i8], s: &mut f32, qs: &mut i32| {
-        *s = quantize_row_int8_isa(ctx.isa, &x[r * k..(r + 1) * k], &mut qr[..k]);
+        let mut xr = &x[r * k..(r + 1) * k];
+        if let Some(n) = norm {
+            // SAFETY: `n.out` holds `rows * k` values and r < rows; row r is written by this
+            // call only (each row is handled by exactly one task); the buffer outlives the
+            // parallel region and nothing else reads it meanwhile.
+            let dst = unsafe { std::slice::from_raw_parts_mut(n.out.get().add(r * k), k) };
+            rms_norm_row(xr, None, n.gamma, None, n.eps, dst);
+            if n.round_bf16 {
+                for v in dst.iter_mut() {
+                    *v = half::bf16::from_f32(*v).to_f32();
+                }
+            }
+            xr = dst;
+        }
+        *s = quantize_row_int8_isa(ctx.isa, xr, &mut qr[..k]);
         qr[k..].fill(0);
         *qs = qr[..k].iter().map(|&v| v as i32).sum();
     };
@@ -229,6 +271,8 @@ fn quantize_rows(
 
 /// `bitlinear` on the host.
 pub(crate) struct BitLinearCmd {
+    /// An RMSNorm to apply to the input first.
+    pub input_norm: Option<InputNormCmd>,
     pub input: Arc<HostBuffer>,
     pub weight: Arc<HostBuffer>,
     pub out: Arc<HostBuffer>,
@@ -259,6 +303,36 @@ impl HostCommand for BitLinearCmd {
         let kp = TernaryData::row_bytes(k) * 4;
         let gi = self.input.read();
         let x = read_f32(&gi, &mut self.sx);
+        let g_gamma;
+        let norm = match &mut self.input_norm {
+            Some(InputNormCmd {
+                gamma,
+                epsilon,
+                round_bf16,
+                s_gamma,
+                normed,
+            }) => {
+                // Gamma may be stored padded (`[1, 1, K/32, 32]`): its first `k` values count.
+                let gamma = match gamma {
+                    // A second read lock on the input's buffer could deadlock behind a writer.
+                    Some(b) if Arc::ptr_eq(b, &self.input) => Some(&x[..k]),
+                    Some(b) => {
+                        g_gamma = b.read();
+                        Some(&read_f32(&g_gamma, s_gamma)[..k])
+                    }
+                    None => None,
+                };
+                normed.clear();
+                normed.resize(rows * k, 0.0);
+                Some(RowNorm {
+                    gamma,
+                    eps: *epsilon,
+                    round_bf16: *round_bf16,
+                    out: SendPtr(normed.as_mut_ptr()),
+                })
+            }
+            None => None,
+        };
         self.q.clear();
         self.q.resize(rows * kp, 0);
         self.scales.clear();
@@ -273,6 +347,7 @@ impl HostCommand for BitLinearCmd {
             &mut self.q,
             &mut self.scales,
             &mut self.qsums,
+            norm,
         );
         drop(gi);
         let gw = self.weight.read();
