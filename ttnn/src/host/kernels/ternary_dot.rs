@@ -36,9 +36,12 @@ pub(crate) fn dot_codes_weights<const W: usize>(
     debug_assert!(packed.iter().all(|p| q.len() == p.len() * 4));
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: Avx2/Avx512Vnni are only selected after detecting AVX2; lengths as above
-        // (checked in the function).
-        HostIsa::Avx2 | HostIsa::Avx512Vnni => unsafe { x86::dot_codes_weights_avx2(q, packed) },
+        // SAFETY: Avx512Vnni/Avx2 are only selected after detecting their features; lengths as
+        // above (checked in the function).
+        HostIsa::Avx512Vnni => unsafe { x86::dot_codes_weights_avx512vnni(q, packed) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        HostIsa::Avx2 => unsafe { x86::dot_codes_weights_avx2(q, packed) },
         _ => packed.map(|p| dot_codes_scalar(&[q], p)[0]),
     }
 }
@@ -249,6 +252,77 @@ mod x86 {
             // SAFETY: AVX2 is implied by the features enabled here; lengths match the tail.
             let t = unsafe { dot_codes_avx2(&tail_qs, &packed[c * CHUNK_BYTES..]) };
             for r in 0..R {
+                out[r] += t[r];
+            }
+        }
+        out
+    }
+
+    /// One activation row, `W` weight rows (a GEMV); see [`super::dot_codes_weights`]. The
+    /// activations of two chunks are gathered into 64-byte vectors once and serve all `W` rows,
+    /// each of which needs one 64-byte load and four `vpdpbusd` per two chunks.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+    pub(super) unsafe fn dot_codes_weights_avx512vnni<const W: usize>(
+        q: &[i8],
+        packed: &[&[u8]; W],
+    ) -> [i32; W] {
+        let chunks = q.len() / CHUNK;
+        assert!(
+            packed.iter().all(|p| p.len() >= chunks * CHUNK_BYTES),
+            "weight rows shorter than the activations"
+        );
+        let mask = _mm512_set1_epi8(3);
+        let mut acc = [_mm512_setzero_si512(); W];
+        let mut c = 0;
+        // Lanes 0-31 hold chunk c, lanes 32-63 chunk c + 1 (as in `dot_codes_avx512vnni`).
+        while c + 1 < chunks {
+            // SAFETY: c + 1 < chunks: both chunks' 128 activations are inside `q`.
+            let qv: [__m512i; 4] = unsafe {
+                let (lo, hi) = (q.as_ptr().add(c * CHUNK), q.as_ptr().add((c + 1) * CHUNK));
+                std::array::from_fn(|i| {
+                    _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(_mm256_loadu_si256(lo.add(i * CHUNK_BYTES).cast())),
+                        _mm256_loadu_si256(hi.add(i * CHUNK_BYTES).cast()),
+                    )
+                })
+            };
+            for r in 0..W {
+                // SAFETY: c + 1 < chunks: 64 bytes at c * 32 are inside the row (asserted).
+                let w =
+                    unsafe { _mm512_loadu_si512(packed[r].as_ptr().add(c * CHUNK_BYTES).cast()) };
+                let a = _mm512_dpbusd_epi32(acc[r], _mm512_and_si512(w, mask), qv[0]);
+                let a = _mm512_dpbusd_epi32(
+                    a,
+                    _mm512_and_si512(_mm512_srli_epi16::<2>(w), mask),
+                    qv[1],
+                );
+                let a = _mm512_dpbusd_epi32(
+                    a,
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(w), mask),
+                    qv[2],
+                );
+                acc[r] = _mm512_dpbusd_epi32(
+                    a,
+                    _mm512_and_si512(_mm512_srli_epi16::<6>(w), mask),
+                    qv[3],
+                );
+            }
+            c += 2;
+        }
+        let mut out = [0i32; W];
+        for r in 0..W {
+            out[r] = _mm512_reduce_add_epi32(acc[r]);
+        }
+        if c < chunks {
+            // The odd last chunk through the AVX2 kernel.
+            let tails: [&[u8]; W] = std::array::from_fn(|r| &packed[r][c * CHUNK_BYTES..]);
+            // SAFETY: AVX2 is implied by the features enabled here; the tails hold the last
+            // chunk of each row and `q[c * CHUNK..]` its activations.
+            let t = unsafe { dot_codes_weights_avx2(&q[c * CHUNK..], &tails) };
+            for r in 0..W {
                 out[r] += t[r];
             }
         }
