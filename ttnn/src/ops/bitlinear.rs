@@ -20,7 +20,7 @@
 use crate::device::{BackendImpl, Device};
 use crate::error::{Error, Result};
 use crate::host::kernels::bitlinear::{BitLinearCmd, InputNormCmd, QuantizeCmd};
-use crate::ops::norm::{RmsNormArgs, check_affine, rms_norm};
+use crate::ops::norm::{RmsNormArgs, check_affine, check_epsilon, rms_norm};
 use crate::ops::{
     FLOAT_TYPES, expect_dtype, expect_layout, on_device, on_same_device, output_memory_config,
 };
@@ -203,15 +203,7 @@ pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs<'_>) -> R
         ));
     }
     if let Some(norm) = &args.input_rms_norm {
-        if !norm.epsilon.is_finite() || norm.epsilon < 0.0 {
-            return Err(Error::arg(
-                op,
-                format!(
-                    "input_rms_norm.epsilon must be finite and non-negative, got {}",
-                    norm.epsilon
-                ),
-            ));
-        }
+        check_epsilon(op, "input_rms_norm.epsilon", norm.epsilon)?;
         check_affine(op, device, "input_rms_norm.weight", norm.weight, input)?;
     }
     let out_shape = input.shape().with_last(n);

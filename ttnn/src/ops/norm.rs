@@ -105,15 +105,7 @@ pub fn rms_norm(input: &Tensor, args: &RmsNormArgs<'_>) -> Result<Tensor> {
     let shape = input.shape();
     let padded = input.padded_shape();
     let width = shape.last();
-    if !args.epsilon.is_finite() || args.epsilon < 0.0 {
-        return Err(Error::arg(
-            OP,
-            format!(
-                "epsilon must be finite and non-negative, got {}",
-                args.epsilon
-            ),
-        ));
-    }
+    check_epsilon(OP, "epsilon", args.epsilon)?;
 
     if let Some(r) = args.residual_input_tensor {
         on_same_device(OP, "residual_input_tensor", device, r)?;
@@ -217,6 +209,17 @@ pub fn rms_norm(input: &Tensor, args: &RmsNormArgs<'_>) -> Result<Tensor> {
     };
     host.submit(cmd)?;
     Ok(out)
+}
+
+/// An RMSNorm epsilon must be finite and non-negative.
+pub(crate) fn check_epsilon(op: &'static str, what: &str, epsilon: f32) -> Result<()> {
+    if !epsilon.is_finite() || epsilon < 0.0 {
+        return Err(Error::arg(
+            op,
+            format!("{what} must be finite and non-negative, got {epsilon}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Validates gamma or beta as TT-NN does.
