@@ -7,8 +7,14 @@
 //! Its own test binary without the libtest harness (`harness = false`), so no harness thread
 //! allocates while the counter is on.
 
-use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+// Shared with ttnn's allocation tests.
+#[path = "../../ttnn/tests/common/counting_alloc.rs"]
+mod counting_alloc;
+
+use counting_alloc::{Counting, allocations_in_process};
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 use bitnet_layers::{BitNetModel, DecodeInputs, KvCache, ModelOptions, PlanOptions};
 use bitnet_tests::model_dir;
@@ -18,46 +24,9 @@ use ttnn::{
     end_trace_capture, execute_trace,
 };
 
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator; only adds a counter.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: AllocLayout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
 fn main() {
     // The counter sees allocations (so a zero below means none happened).
-    COUNTING.store(true, Ordering::SeqCst);
-    let probe = std::hint::black_box(vec![1u8; 64]);
-    COUNTING.store(false, Ordering::SeqCst);
-    drop(probe);
-    assert!(
-        ALLOCS.swap(0, Ordering::SeqCst) >= 1,
-        "the counting allocator is not in use"
-    );
+    counting_alloc::assert_counting();
     for greedy in [true, false] {
         decode_replay_does_not_allocate(greedy);
         println!("decode_alloc: decode_replay_does_not_allocate (greedy: {greedy}) ... ok");
@@ -146,14 +115,12 @@ fn decode_replay_does_not_allocate(greedy: bool) {
 
     // Steady state: every replay runs the whole step with the counter on.
     let steps: i32 = 4;
-    ALLOCS.store(0, Ordering::SeqCst);
-    COUNTING.store(true, Ordering::SeqCst);
-    for _ in 0..steps {
-        execute_trace(&dev, &decode_trace, 0, false).expect("replay decode");
-        execute_trace(&dev, &sample_trace, 0, true).expect("replay sample");
-    }
-    COUNTING.store(false, Ordering::SeqCst);
-    let allocs = ALLOCS.load(Ordering::SeqCst);
+    let allocs = allocations_in_process(|| {
+        for _ in 0..steps {
+            execute_trace(&dev, &decode_trace, 0, false).expect("replay decode");
+            execute_trace(&dev, &sample_trace, 0, true).expect("replay sample");
+        }
+    });
     assert_eq!(
         allocs, 0,
         "{allocs} heap allocations in {steps} decode steps"

@@ -3,9 +3,13 @@
 //! allocates while the counter is on.
 
 mod common;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
-use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use counting_alloc::{Counting, allocations_in_process};
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 use ttnn::ops::sampling::{ArgmaxArgs, PlusOneArgs, TopkArgs, argmax, plus_one, topk};
 use ttnn::{
@@ -13,37 +17,8 @@ use ttnn::{
     end_trace_capture, execute_trace,
 };
 
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator; only adds a counter.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: AllocLayout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
 fn main() {
+    counting_alloc::assert_counting();
     replay_does_not_allocate();
     println!("trace_alloc: replay_does_not_allocate ... ok");
 }
@@ -101,14 +76,10 @@ fn replay_does_not_allocate() {
     plus_one(&pos, &PlusOneArgs::default()).expect("plus_one");
     let trace = end_trace_capture(&dev, tid, 0).expect("end");
     // Commands reserve their scratch when built, so even the first replay allocates nothing.
-    COUNTING.store(true, Ordering::SeqCst);
-    for _ in 0..5 {
-        execute_trace(&dev, &trace, 0, true).expect("replay");
-    }
-    COUNTING.store(false, Ordering::SeqCst);
-    assert_eq!(
-        ALLOCS.load(Ordering::SeqCst),
-        0,
-        "heap allocations during trace replay"
-    );
+    let allocs = allocations_in_process(|| {
+        for _ in 0..5 {
+            execute_trace(&dev, &trace, 0, true).expect("replay");
+        }
+    });
+    assert_eq!(allocs, 0, "heap allocations during trace replay");
 }
