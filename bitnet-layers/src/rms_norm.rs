@@ -3,7 +3,7 @@
 
 use ttnn::ops::bitlinear::InputRmsNorm;
 use ttnn::ops::norm::{RmsNormArgs, rms_norm};
-use ttnn::{BackendKind, DRAM_MEMORY_CONFIG, DataType, Device, Layout, Tensor};
+use ttnn::{DRAM_MEMORY_CONFIG, DataType, Device, Layout, Tensor};
 
 use crate::checkpoint::Weights;
 use crate::error::Result;
@@ -48,12 +48,12 @@ impl RmsNorm {
         self.dim
     }
 
-    /// `x` normalized for the BitLinear layers that read it. On the host backend the norm is
-    /// deferred into them (`bitlinear`'s `input_rms_norm`: the same bits as this op, one op and
-    /// one pass over the activations fewer); on a Tenstorrent device it runs here, into the
-    /// plan's placement, as tt_transformers runs its norms.
+    /// `x` normalized for the BitLinear layers that read it. Where the device fuses the norm
+    /// into `bitlinear` (`Device::fuses_bitlinear_input_norm`: the same bits as this op, one op
+    /// and one pass over the activations fewer) it is deferred into them; otherwise it runs
+    /// here, into the plan's placement, as tt_transformers runs its norms.
     pub fn for_bitlinear<'a>(&'a self, x: &'a Tensor, cfg: &OpConfig) -> Result<NormedInput<'a>> {
-        if x.device().map(Device::backend) == Some(BackendKind::Host) {
+        if x.device().is_some_and(Device::fuses_bitlinear_input_norm) {
             Ok(NormedInput::Deferred { x, norm: self })
         } else {
             Ok(NormedInput::Ready(self.forward(x, cfg)?))

@@ -391,6 +391,14 @@ impl Device {
         self.inner.spec.chip.grid
     }
 
+    /// Whether `bitlinear`'s `input_rms_norm` runs inside the bitlinear kernel (the host
+    /// backend) rather than as a separate `rms_norm` first (a Tenstorrent chip, where TT-NN has
+    /// no such kernel). A model passes its norms into the BitLinears only when this holds;
+    /// otherwise a norm read by several BitLinears would run once per reader.
+    pub fn fuses_bitlinear_input_norm(&self) -> bool {
+        self.inner.spec.backend == BackendKind::Host
+    }
+
     /// The float dtype this device computes activations in natively: Float32 on the host
     /// backend (its kernels compute in f32), Bfloat16 on a Tenstorrent chip. What a model uses
     /// for activations unless told otherwise.
