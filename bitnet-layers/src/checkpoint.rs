@@ -14,10 +14,28 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 
+/// A checkpoint file's mapping, and the file itself, from which tensors borrowing the
+/// mapping read rows (see [`ttnn::SharedSource::read_at`]).
+struct Mapping {
+    file: File,
+    map: Mmap,
+}
+
+impl ttnn::SharedSource for Mapping {
+    fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    #[cfg(unix)]
+    fn read_at(&self, offset: usize, dst: &mut [u8]) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, dst, offset as u64)
+    }
+}
+
 struct MappedFile {
     path: PathBuf,
     /// Shared so that tensors can borrow from it without a copy (see `Checkpoint::shared`).
-    mmap: Arc<Mmap>,
+    mmap: Arc<Mapping>,
     /// Start of the data section (8-byte length + JSON header).
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,
@@ -66,7 +84,7 @@ fn map_file(path: &Path) -> Result<MappedFile> {
     for (name, info) in meta.tensors() {
         tensors.insert(name.clone(), info.clone());
     }
-    let mmap = Arc::new(mmap);
+    let mmap = Arc::new(Mapping { file, map: mmap });
     Ok(MappedFile {
         path: path.to_path_buf(),
         data_start: 8 + header_len,
@@ -165,7 +183,7 @@ impl Checkpoint {
         Ok(RawTensor {
             dtype: info.dtype,
             shape: &info.shape,
-            data: &f.mmap[f.data_start + start..f.data_start + end],
+            data: &f.mmap.map[f.data_start + start..f.data_start + end],
         })
     }
 
@@ -188,6 +206,18 @@ impl Checkpoint {
         self.release_prefix(name, usize::MAX);
     }
 
+    /// [`Self::release`] for every file of the checkpoint: after loading, what stays resident
+    /// of the mappings (headers, small tensors, the edges of released ranges; ~34 MB for
+    /// 2B-4T) is dropped. Tensors borrowing a mapping read it through the file (see
+    /// [`ttnn::SharedSource::read_at`]), so it is not faulted back in.
+    pub fn release_all(&self) {
+        for f in &self.files {
+            // SAFETY: as in `release_prefix`: a read-only file mapping, whose dropped pages
+            // are re-read from the file on the next access.
+            let _ = unsafe { f.mmap.map.unchecked_advise(UncheckedAdvice::DontNeed) };
+        }
+    }
+
     /// [`Self::release`] for the first `nbytes` bytes of `name` only.
     pub fn release_prefix(&self, name: &str, nbytes: usize) {
         let Some(&fi) = self.index.get(name) else {
@@ -205,6 +235,7 @@ impl Checkpoint {
             // data visible through `self` changes. A failure just leaves the pages resident.
             let _ = unsafe {
                 f.mmap
+                    .map
                     .unchecked_advise_range(UncheckedAdvice::DontNeed, from, to - from)
             };
         }

@@ -108,7 +108,9 @@ impl BitNetModel {
     pub fn load(dir: &Path, device: &Device, opts: &ModelOptions) -> Result<Self> {
         let cfg = BitNetConfig::from_file(&dir.join("config.json"))?;
         let ckpt = Checkpoint::open(dir)?;
-        Self::from_checkpoint(cfg, &ckpt, device, opts)
+        let model = Self::from_checkpoint(cfg, &ckpt, device, opts)?;
+        ckpt.release_all();
+        Ok(model)
     }
 
     /// Builds the model from a parsed config and an opened checkpoint.

@@ -39,7 +39,7 @@ pub use device::{
     BackendKind, BufferFootprint, ChipSpec, Device, DeviceSpec, MemoryReport, MemoryUsage,
 };
 pub use error::{Error, Result};
-pub use host::data::{Element, SharedBytes};
+pub use host::data::{Element, SharedBytes, SharedSource};
 pub use host::physical_cores;
 pub use ops::*;
 pub use tensor::{Tensor, copy_host_to_device};

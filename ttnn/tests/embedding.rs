@@ -416,3 +416,95 @@ fn negative_int32_ids_give_zero_rows() {
         vec![7.0, 8.0, 9.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0]
     );
 }
+
+/// A borrowed table (`Tensor::from_shared_bf16`, how the model keeps its embedding in the
+/// mapped checkpoint) is looked up through `SharedSource::read_at`, one read per row, never
+/// through the mapping (which would make whole page-cache folios resident); a failing read
+/// fails that lookup with the row named, and the device goes on.
+#[test]
+fn borrowed_table_rows_are_read_through_the_owner() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    struct Source {
+        bytes: Vec<u8>,
+        reads: AtomicUsize,
+        fail: AtomicBool,
+    }
+    impl ttnn::SharedSource for Source {
+        fn bytes(&self) -> &[u8] {
+            &self.bytes
+        }
+        fn read_at(&self, offset: usize, dst: &mut [u8]) -> std::io::Result<()> {
+            if self.fail.load(Ordering::Relaxed) {
+                return Err(std::io::Error::other("injected read failure"));
+            }
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            dst.copy_from_slice(&self.bytes[offset..offset + dst.len()]);
+            Ok(())
+        }
+    }
+
+    let dev = device();
+    let (vocab, dim) = (40, 48);
+    let mut rng = Rng::new(11);
+    let wv: Vec<half::bf16> = rng
+        .vec(vocab * dim, 3.0)
+        .iter()
+        .map(|&v| half::bf16::from_f32(v))
+        .collect();
+    // Two leading bytes: the table is borrowed at a non-zero offset, as in a checkpoint.
+    let mut bytes = vec![0u8, 0];
+    bytes.extend(wv.iter().flat_map(|v| v.to_le_bytes()));
+    let src = Arc::new(Source {
+        bytes,
+        reads: AtomicUsize::new(0),
+        fail: AtomicBool::new(false),
+    });
+    let owner: ttnn::SharedBytes = src.clone();
+    let table = Tensor::from_shared_bf16(owner, 2, [vocab, dim], Layout::RowMajor)
+        .expect("borrow")
+        .into_device(&dev, &DRAM_MEMORY_CONFIG)
+        .expect("into device");
+    let ids = [7u32, 0, 39, 7, 12];
+    let ids_t = ids_tensor(&dev, &ids, &[1, ids.len()], DataType::Uint32);
+    for out_dtype in [DataType::Bfloat16, DataType::Float32] {
+        let before = src.reads.load(Ordering::Relaxed);
+        let args = EmbeddingArgs {
+            dtype: Some(out_dtype),
+            layout: Some(Layout::Tile),
+            padding_idx: Some(12),
+            ..Default::default()
+        };
+        let got = embedding(&ids_t, &table, &args)
+            .expect("embedding")
+            .to_vec::<f32>()
+            .expect("out");
+        for (t, &id) in ids.iter().enumerate() {
+            let row = &got[t * dim..(t + 1) * dim];
+            if id == 12 {
+                assert!(row.iter().all(|&v| v == 0.0), "pad row {t} is not zero");
+            } else {
+                let want: Vec<f32> = wv[id as usize * dim..(id as usize + 1) * dim]
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect();
+                assert_eq!(row, &want[..], "row {t} (id {id}), {out_dtype:?}");
+            }
+        }
+        // One read per non-pad row.
+        assert_eq!(
+            src.reads.load(Ordering::Relaxed) - before,
+            4,
+            "{out_dtype:?}"
+        );
+    }
+    src.fail.store(true, Ordering::Relaxed);
+    let e = err_of(embedding(&ids_t, &table, &EmbeddingArgs::default()));
+    assert!(
+        e.contains("row 7") && e.contains("injected read failure"),
+        "{e}"
+    );
+    src.fail.store(false, Ordering::Relaxed);
+    embedding(&ids_t, &table, &EmbeddingArgs::default()).expect("the device still works");
+}

@@ -11,7 +11,27 @@ use crate::error::{Error, Result};
 use crate::types::{DataType, Shape};
 
 /// Read-only bytes owned elsewhere (a memory-mapped checkpoint) that a tensor can borrow.
-pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+pub trait SharedSource: Send + Sync {
+    /// All the bytes.
+    fn bytes(&self) -> &[u8];
+
+    /// Copies the `dst.len()` bytes at `offset` into `dst`. The default copies from
+    /// [`Self::bytes`]. A memory-mapped file should read the file instead (`pread`): reading a
+    /// few rows of a large table through the mapping makes the kernel map whole page-cache
+    /// folios around them into this process (hundreds of KB resident per 5 KB embedding row
+    /// on Linux 6.x), while a read copies just the row out of the page cache.
+    fn read_at(&self, offset: usize, dst: &mut [u8]) -> std::io::Result<()> {
+        let src = offset
+            .checked_add(dst.len())
+            .and_then(|end| self.bytes().get(offset..end))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+/// A shared [`SharedSource`].
+pub type SharedBytes = Arc<dyn SharedSource>;
 
 /// bf16 values: owned, or borrowed without a copy from [`SharedBytes`] (how a large embedding
 /// table stays in the mapped checkpoint: only the rows a lookup touches become resident).
@@ -29,11 +49,37 @@ pub enum Bf16Buf {
 impl Bf16Buf {
     /// Borrows `len` values at byte `offset` of `owner`; `None` if out of bounds or misaligned.
     pub fn shared(owner: SharedBytes, offset: usize, len: usize) -> Option<Self> {
-        let bytes = (*owner).as_ref();
+        let bytes = owner.bytes();
         let end = offset.checked_add(len.checked_mul(2)?)?;
         let ok = end <= bytes.len()
             && (bytes.as_ptr() as usize + offset).is_multiple_of(std::mem::align_of::<bf16>());
         ok.then_some(Self::Shared { owner, offset, len })
+    }
+
+    /// Copies the values `[start, start + dst.len())` into `dst`; borrowed values are read
+    /// through [`SharedSource::read_at`], so a lookup does not make the owner's mapping
+    /// resident (see there).
+    pub fn read_into(&self, start: usize, dst: &mut [bf16]) -> std::io::Result<()> {
+        match self {
+            Self::Owned(v) => {
+                dst.copy_from_slice(&v[start..start + dst.len()]);
+                Ok(())
+            }
+            Self::Shared { owner, offset, len } => {
+                assert!(
+                    start + dst.len() <= *len,
+                    "read_into past the borrowed values"
+                );
+                // SAFETY: bf16 is a `#[repr(transparent)]` u16: `dst` is exactly
+                // `2 * dst.len()` initialized bytes, u8 has no alignment requirement, every
+                // byte pattern is a valid bf16, and the byte view ends with this statement's
+                // borrow of `dst`. The bytes are little-endian bf16, as `Deref` also assumes.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), 2 * dst.len())
+                };
+                owner.read_at(offset + 2 * start, bytes)
+            }
+        }
     }
 
     /// The values, owned (copying borrowed ones).
@@ -54,7 +100,7 @@ impl std::ops::Deref for Bf16Buf {
         match self {
             Self::Owned(v) => v,
             Self::Shared { owner, offset, len } => {
-                let bytes = &(**owner).as_ref()[*offset..*offset + 2 * *len];
+                let bytes = &owner.bytes()[*offset..*offset + 2 * *len];
                 // SAFETY: `shared` checked bounds and 2-byte alignment; bf16 is a
                 // `#[repr(transparent)]` u16, valid for every bit pattern; the bytes are
                 // read-only and live as long as `owner`, which `self` holds.

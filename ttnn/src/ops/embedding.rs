@@ -213,6 +213,11 @@ pub fn embedding(input_ids: &Tensor, weight: &Tensor, args: &EmbeddingArgs) -> R
         } else {
             0
         }),
+        s_row: if weight.dtype() == DataType::Bfloat16 && dtype != DataType::Bfloat16 {
+            vec![half::bf16::ZERO; dim]
+        } else {
+            Vec::new()
+        },
     };
     host.submit(cmd)?;
     Ok(out)

@@ -6,7 +6,7 @@ use half::bf16;
 
 use super::write_f32;
 use crate::error::{Error, Result};
-use crate::host::data::HostData;
+use crate::host::data::{Bf16Buf, HostData};
 use crate::host::{HostBuffer, HostCommand, HostCtx};
 
 const OP: &str = "ttnn::embedding";
@@ -50,26 +50,39 @@ fn row_of(ids: &HostData, t: usize, vocab: usize, pad: Option<u32>) -> Result<Op
     Ok(Some(id as usize))
 }
 
-/// Same-dtype lookup: each output row is a bit-exact copy of a table row (or zeros).
+/// Same-dtype lookup: each output row is a bit-exact copy of a table row (or zeros);
+/// `copy_row(r, o)` copies table row `r` into `o`.
 fn lookup_copy<T: Copy>(
     ids: &HostData,
-    w: &[T],
     out: &mut [T],
     zero: T,
     vocab: usize,
     dim: usize,
     pad: Option<u32>,
+    mut copy_row: impl FnMut(usize, &mut [T]) -> Result<()>,
 ) -> Result<()> {
     for (t, o) in out.chunks_exact_mut(dim).enumerate() {
         match row_of(ids, t, vocab, pad)? {
-            Some(r) => o.copy_from_slice(&w[r * dim..(r + 1) * dim]),
+            Some(r) => copy_row(r, o)?,
             None => o.fill(zero),
         }
     }
     Ok(())
 }
 
-/// Lookup into f32 rows (the output dtype differs from the table's).
+/// Row `r` of a bf16 table into `dst`. A table borrowed from a mapped checkpoint is read, not
+/// touched through the mapping, so the rows looked up do not stay resident
+/// (see `SharedSource::read_at`).
+fn read_bf16_row(w: &Bf16Buf, r: usize, dst: &mut [bf16]) -> Result<()> {
+    w.read_into(r * dst.len(), dst).map_err(|e| Error::Backend {
+        op: OP,
+        backend: "host",
+        message: format!("reading row {r} of the borrowed embedding table: {e}"),
+    })
+}
+
+/// Lookup into f32 rows (the output dtype differs from the table's); `s_row` holds one bf16
+/// row.
 fn lookup_f32(
     ids: &HostData,
     w: &HostData,
@@ -77,6 +90,7 @@ fn lookup_f32(
     vocab: usize,
     dim: usize,
     pad: Option<u32>,
+    s_row: &mut [bf16],
 ) -> Result<()> {
     for (t, o) in out.chunks_exact_mut(dim).enumerate() {
         let Some(r) = row_of(ids, t, vocab, pad)? else {
@@ -86,7 +100,8 @@ fn lookup_f32(
         match w {
             HostData::F32(w) => o.copy_from_slice(&w[r * dim..(r + 1) * dim]),
             HostData::Bf16(w) => {
-                for (d, s) in o.iter_mut().zip(&w[r * dim..(r + 1) * dim]) {
+                read_bf16_row(w, r, s_row)?;
+                for (d, s) in o.iter_mut().zip(s_row.iter()) {
                     *d = s.to_f32();
                 }
             }
@@ -107,6 +122,8 @@ pub(crate) struct EmbeddingCmd {
     pub dim: usize,
     pub pad: Option<u32>,
     pub s_out: Vec<f32>,
+    /// One bf16 table row (`dim` values) when a bf16 table is converted to another dtype.
+    pub s_row: Vec<bf16>,
 }
 
 impl HostCommand for EmbeddingCmd {
@@ -122,15 +139,23 @@ impl HostCommand for EmbeddingCmd {
         };
         let mut out = self.out.write();
         match (&*g_w, &mut *out) {
-            (HostData::F32(w), HostData::F32(o)) => lookup_copy(ids, w, o, 0.0, vocab, dim, pad),
+            (HostData::F32(w), HostData::F32(o)) => {
+                lookup_copy(ids, o, 0.0, vocab, dim, pad, |r, o| {
+                    o.copy_from_slice(&w[r * dim..(r + 1) * dim]);
+                    Ok(())
+                })
+            }
             (HostData::Bf16(w), HostData::Bf16(o)) => {
-                lookup_copy(ids, w, o, bf16::ZERO, vocab, dim, pad)
+                lookup_copy(ids, o, bf16::ZERO, vocab, dim, pad, |r, o| {
+                    read_bf16_row(w, r, o)
+                })
             }
             (w, o) => {
                 // A dtype change: gather in f32, then round once to the output dtype.
                 let mut res = Ok(());
+                let s_row = &mut self.s_row;
                 write_f32(o, tokens * dim, &mut self.s_out, |o| {
-                    res = lookup_f32(ids, w, o, vocab, dim, pad);
+                    res = lookup_f32(ids, w, o, vocab, dim, pad, s_row);
                 });
                 res
             }
