@@ -399,34 +399,24 @@ impl HostCommand for BitLinearCmd {
             };
             let kernel = |range: std::ops::Range<usize>| {
                 if rows < 4 {
-                    // A GEMV (decode): weight rows in groups of GEMV_ROWS, each activation
-                    // vector loaded once for the group. Exact integer sums, so the same values as
-                    // the path below.
+                    // A GEMV (decode): one weight row after the other, so the weights are read
+                    // as one sequential stream, which the hardware prefetchers follow; the
+                    // activation row stays in L1. Exact integer sums, so the same values as the
+                    // GEMM below. (Four rows per kernel call, each activation chunk loaded once
+                    // for the four, computes ~15 % faster from cache but interleaves four streams
+                    // 640-1728 bytes apart, and streamed from DRAM half as fast: 2B-4T decode
+                    // 12.3-13.1 -> 15.4-15.9 tok/s with 2 threads, 7.5-7.6 -> 9.2-9.7 with 1.)
                     let ahead = prefetch_rows_ahead(TernaryData::row_bytes(k));
-                    let mut j = range.start;
-                    while j + GEMV_ROWS <= range.end {
-                        // The rows `ahead` rows on (in this task's range): DRAM latency hides
+                    for j in range.clone() {
+                        // The row `ahead` rows on (in this task's range): DRAM latency hides
                         // behind the dot products of the rows in between.
-                        for a in j + ahead..j + ahead + GEMV_ROWS {
-                            if a < range.end {
-                                prefetch(w.row(a));
-                            }
+                        if j + ahead < range.end {
+                            prefetch(w.row(j + ahead));
                         }
-                        let ws: [&[u8]; GEMV_ROWS] = std::array::from_fn(|i| w.row(j + i));
-                        for r in 0..rows {
-                            let acc = dot_codes_weights(isa, &q[r * kp..(r + 1) * kp], &ws);
-                            for (i, &a) in acc.iter().enumerate() {
-                                put(r, j + i, a);
-                            }
-                        }
-                        j += GEMV_ROWS;
-                    }
-                    while j < range.end {
                         for r in 0..rows {
                             let qr = &q[r * kp..(r + 1) * kp];
                             put(r, j, dot_codes_weights(isa, qr, &[w.row(j)])[0]);
                         }
-                        j += 1;
                     }
                     return;
                 }
@@ -444,9 +434,6 @@ impl HostCommand for BitLinearCmd {
         Ok(())
     }
 }
-
-/// Weight rows per GEMV kernel call (decode): each activation chunk loaded once serves them all.
-const GEMV_ROWS: usize = 4;
 
 /// Weight rows per GEMM tile.
 const TILE_N: usize = 16;
