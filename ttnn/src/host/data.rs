@@ -34,7 +34,8 @@ pub trait SharedSource: Send + Sync {
 pub type SharedBytes = Arc<dyn SharedSource>;
 
 /// bf16 values: owned, or borrowed without a copy from [`SharedBytes`] (how a large embedding
-/// table stays in the mapped checkpoint: only the rows a lookup touches become resident).
+/// table stays in the mapped checkpoint; lookups read rows with [`Bf16Buf::read_into`], so the
+/// table does not become resident in this process).
 /// Writing to borrowed values first copies them (copy on write).
 #[derive(Clone)]
 pub enum Bf16Buf {
