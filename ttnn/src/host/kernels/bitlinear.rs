@@ -8,10 +8,10 @@
 
 use std::sync::Arc;
 
+use super::PREFETCH_BYTES;
 use super::eltwise::SendPtr;
 use super::norm::rms_norm_row;
-use super::ternary_dot::{dot_codes, dot_codes_weights};
-use super::{prefetch, prefetch_rows_ahead};
+use super::ternary_dot::{dot_codes, dot_codes_rows};
 use super::{read_f32, write_f32};
 use crate::device::HostIsa;
 use crate::error::{Error, Result};
@@ -372,13 +372,6 @@ impl HostCommand for BitLinearCmd {
         let mut out = self.out.write();
         write_f32(&mut out, rows * n, &mut self.so, |o| {
             let op = SendPtr(o.as_mut_ptr());
-            let put = |r: usize, j: usize, acc: i32| {
-                let ws = per_channel.map_or(ws, |v| v[j]);
-                // SAFETY: r < rows and j < n, so r * n + j < rows * n == o.len(); each output
-                // column j belongs to one task, so tasks write disjoint elements; `o` outlives
-                // the parallel region.
-                unsafe { *op.get().add(r * n + j) = dequant(acc - qsums[r], scales[r], ws, mode) };
-            };
             // Outputs `j0..j0 + accs.len()` of row `r` in one loop, which the compiler turns
             // into vector divisions: one scalar division per output took a seventh of prefill.
             let put_row = |r: usize, j0: usize, accs: &[i32]| {
@@ -400,23 +393,28 @@ impl HostCommand for BitLinearCmd {
             let kernel = |range: std::ops::Range<usize>| {
                 if rows < 4 {
                     // A GEMV (decode): one weight row after the other, so the weights are read
-                    // as one sequential stream, which the hardware prefetchers follow; the
-                    // activation row stays in L1. Exact integer sums, so the same values as the
-                    // GEMM below. (Four rows per kernel call, each activation chunk loaded once
-                    // for the four, computes ~15 % faster from cache but interleaves four streams
-                    // 640-1728 bytes apart, and streamed from DRAM half as fast: 2B-4T decode
-                    // 12.3-13.1 -> 15.4-15.9 tok/s with 2 threads, 7.5-7.6 -> 9.2-9.7 with 1.)
-                    let ahead = prefetch_rows_ahead(TernaryData::row_bytes(k));
-                    for j in range.clone() {
-                        // The row `ahead` rows on (in this task's range): DRAM latency hides
-                        // behind the dot products of the rows in between.
-                        if j + ahead < range.end {
-                            prefetch(w.row(j + ahead));
-                        }
+                    // as one sequential stream, which the hardware prefetchers follow (with
+                    // software prefetch PREFETCH_BYTES ahead); the activation row stays in L1.
+                    // Exact integer sums, so the same values as the GEMM below. (Four rows per
+                    // kernel call, each activation chunk loaded once for the four, computes ~15 %
+                    // faster from cache but interleaves four streams 640-1728 bytes apart, and
+                    // streamed from DRAM half as fast: 2B-4T decode 12.3-13.1 -> 15.4-15.9 tok/s
+                    // with 2 threads, 7.5-7.6 -> 9.2-9.7 with 1.) Runs of GEMV_RUN rows per call
+                    // share the horizontal sums and the (vectorized) dequantization.
+                    let rb = TernaryData::row_bytes(k);
+                    // The task's rows: prefetching stops at the end of the task's range.
+                    let task = &w.packed[range.start * rb..range.end * rb];
+                    let mut accs = [0i32; GEMV_RUN];
+                    let mut j0 = range.start;
+                    while j0 < range.end {
+                        let len = (range.end - j0).min(GEMV_RUN);
+                        let run = &task[(j0 - range.start) * rb..];
                         for r in 0..rows {
                             let qr = &q[r * kp..(r + 1) * kp];
-                            put(r, j, dot_codes_weights(isa, qr, &[w.row(j)])[0]);
+                            dot_codes_rows(isa, qr, run, rb, &mut accs[..len], PREFETCH_BYTES);
+                            put_row(r, j0, &accs[..len]);
                         }
+                        j0 += len;
                     }
                     return;
                 }
@@ -434,6 +432,10 @@ impl HostCommand for BitLinearCmd {
         Ok(())
     }
 }
+
+/// Weight rows per GEMV kernel call (decode): outputs kept on the stack between the kernel and
+/// the dequantization.
+const GEMV_RUN: usize = 64;
 
 /// Weight rows per GEMM tile.
 const TILE_N: usize = 16;

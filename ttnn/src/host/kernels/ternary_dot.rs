@@ -46,6 +46,39 @@ pub(crate) fn dot_codes_weights<const W: usize>(
     }
 }
 
+/// `out[i] = sum_k code_i[k] * q[k]` for the first `out.len()` weight rows of `row_bytes` each,
+/// stored back to back in `rows` (a GEMV over a run of rows): one row after the other, so the
+/// weights are read as one sequential stream, with the bytes `ahead` past each row's start (while
+/// inside `rows`) prefetched. Same results as [`dot_codes`].
+pub(crate) fn dot_codes_rows(
+    isa: HostIsa,
+    q: &[i8],
+    rows: &[u8],
+    row_bytes: usize,
+    out: &mut [i32],
+    ahead: usize,
+) {
+    assert!(
+        row_bytes > 0 && q.len() == row_bytes * 4 && rows.len() >= out.len() * row_bytes,
+        "rows shorter than the outputs, or activations not matching the rows"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2 is only selected after detecting it; lengths are asserted above.
+        HostIsa::Avx2 => unsafe { x86::dot_codes_rows_avx2(q, rows, row_bytes, out, ahead) },
+        _ => {
+            for (i, o) in out.iter_mut().enumerate() {
+                let start = i * row_bytes;
+                let pf = start + ahead;
+                if pf < rows.len() {
+                    super::prefetch(&rows[pf..(pf + row_bytes).min(rows.len())]);
+                }
+                *o = dot_codes_weights(isa, q, &[&rows[start..start + row_bytes]])[0];
+            }
+        }
+    }
+}
+
 /// The reference: unpack each byte, multiply, add.
 pub(crate) fn dot_codes_scalar<const R: usize>(qs: &[&[i8]; R], packed: &[u8]) -> [i32; R] {
     let mut acc = [0i32; R];
@@ -132,6 +165,69 @@ mod x86 {
         q: &[i8],
         packed: &[&[u8]; W],
     ) -> [i32; W] {
+        // SAFETY: AVX2 (the caller's contract).
+        let acc = unsafe { acc_weights_avx2(q, packed) };
+        // Exact: every term of the sums is a multiple of 4.
+        acc.map(|a| hsum_epi32(a) >> 2)
+    }
+
+    /// Rows of `row_bytes` stored back to back in `rows`, one after the other (one sequential
+    /// stream); see [`super::dot_codes_rows`]. Eight rows' accumulators are reduced together.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dot_codes_rows_avx2(
+        q: &[i8],
+        rows: &[u8],
+        row_bytes: usize,
+        out: &mut [i32],
+        ahead: usize,
+    ) {
+        // Lengths as asserted by `dot_codes_rows`; the row slices below are bounds-checked.
+        debug_assert!(q.len() == row_bytes * 4 && rows.len() >= out.len() * row_bytes);
+        let mut accs = [_mm256_setzero_si256(); 8];
+        for (i, o) in out.chunks_mut(8).enumerate() {
+            for (t, acc) in accs.iter_mut().enumerate().take(o.len()) {
+                let start = (i * 8 + t) * row_bytes;
+                let pf = start + ahead;
+                if pf < rows.len() {
+                    let end = (pf + row_bytes).min(rows.len());
+                    crate::host::kernels::prefetch(&rows[pf..end]);
+                }
+                // SAFETY: AVX2; the row `start..start + row_bytes` is inside `rows` (asserted)
+                // and has `q.len() / 4` bytes.
+                *acc = unsafe { acc_weights_avx2(q, &[&rows[start..start + row_bytes]]) }[0];
+            }
+            let s = hsum8_epi32(&accs);
+            let mut lanes = [0i32; 8];
+            // SAFETY: `lanes` holds 8 i32.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), s) };
+            // Exact: every term of the sums is a multiple of 4.
+            for (d, v) in o.iter_mut().zip(lanes) {
+                *d = v >> 2;
+            }
+        }
+    }
+
+    /// The eight lane sums of `v` as one vector (lane `i` = sum of `v[i]`).
+    #[target_feature(enable = "avx2")]
+    fn hsum8_epi32(v: &[__m256i; 8]) -> __m256i {
+        let a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+        let b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+        // a = [v0..v3 low-half sums | v0..v3 high-half sums], b likewise for v4..v7.
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(a, b),
+            _mm256_permute2x128_si256::<0x31>(a, b),
+        )
+    }
+
+    /// The accumulators of [`dot_codes_weights_avx2`] before the horizontal sums (4x scale).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    unsafe fn acc_weights_avx2<const W: usize>(q: &[i8], packed: &[&[u8]; W]) -> [__m256i; W] {
         let chunks = q.len() / CHUNK;
         assert!(
             packed.iter().all(|p| p.len() >= chunks * CHUNK_BYTES),
@@ -189,12 +285,7 @@ mod x86 {
                 acc32[r] = _mm256_add_epi32(acc32[r], s);
             }
         }
-        let mut out = [0i32; W];
-        for r in 0..W {
-            // Exact: every term of the sum is a multiple of 4.
-            out[r] = hsum_epi32(acc32[r]) >> 2;
-        }
-        out
+        acc32
     }
 
     #[target_feature(enable = "avx2")]
@@ -403,6 +494,35 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The run-of-rows GEMV (rows back to back, eight reduced at a time, any prefetch
+        /// distance, more rows stored than computed) equals the reference on every path.
+        #[test]
+        fn rows_every_isa_matches_the_reference(
+            k in 1usize..700,
+            n in 1usize..20,
+            extra in 0usize..3,
+            ahead in 0usize..3000,
+            seed in any::<u64>(),
+        ) {
+            let (_, _, qs) = case(k, seed);
+            let q = qs[1].as_slice();
+            let qsum: i32 = q.iter().map(|&v| v as i32).sum();
+            let ws: Vec<_> = (0..n + extra).map(|i| case(k, seed ^ (0x9e37 * (i as u64 + 1)))).collect();
+            let rb = ws[0].1.packed.len();
+            let rows: Vec<u8> = ws.iter().flat_map(|w| w.1.packed.iter().copied()).collect();
+            for isa in HostIsa::supported_list() {
+                let mut out = vec![0i32; n];
+                dot_codes_rows(isa, q, &rows, rb, &mut out, ahead);
+                for (i, &got) in out.iter().enumerate() {
+                    prop_assert_eq!(got - qsum, want(&ws[i].0, q), "{:?} row {}", isa, i);
+                }
+            }
+        }
+    }
+
     #[test]
     fn extremes_do_not_saturate() {
         // All +1 weights and q = -128 everywhere: the largest magnitudes the kernels see.
@@ -415,6 +535,12 @@ mod tests {
             let rows = [packed.packed.as_slice(); 4];
             for got in dot_codes_weights(isa, &q, &rows) {
                 assert_eq!(got - (-128 * k as i32), -128 * k as i32, "{isa:?} GEMV");
+            }
+            let run = packed.packed.repeat(9);
+            let mut out = [0i32; 9];
+            dot_codes_rows(isa, &q, &run, packed.packed.len(), &mut out, 4096);
+            for got in out {
+                assert_eq!(got - (-128 * k as i32), -128 * k as i32, "{isa:?} rows");
             }
         }
         // The other end: q = 127.
