@@ -121,13 +121,19 @@ impl Bandwidth {
 }
 
 /// Runs the benchmark on an already loaded model.
+///
+/// On the host, the read bandwidth is measured again right after each repetition's decode and
+/// that repetition's fraction of the bandwidth limit uses it: on a shared machine the bandwidth
+/// available drifts by a quarter within minutes (13.8-21.1 GB/s in consecutive runs here), so a
+/// figure from before loading says more about the neighbours than about the decode. The test's
+/// buffer is freed before the RSS peak is reset, and the peak before each test is kept: the
+/// reported peak is the model's, not the test's.
 pub fn run(
     model: &BitNetModel,
     a: &BenchArgs,
     load_seconds: f64,
     bw: Bandwidth,
 ) -> anyhow::Result<()> {
-    let bandwidth = bw.gb_s();
     let threads = model.device().num_threads();
     let mut g = Generator::new(
         model,
@@ -138,6 +144,11 @@ pub fn run(
     )?;
     let vocab = model.config().vocab_size as u64;
     let (mut prefill, mut decode, mut captures) = (Vec::new(), Vec::new(), 0);
+    let weight_bytes = model.weight_bytes_per_token();
+    // The bandwidth before loading, then one per repetition (see above).
+    let mut bandwidths = vec![bw.gb_s()];
+    let mut fractions = Vec::new();
+    let mut peak_before_tests = 0u64;
     for rep in 0..a.reps.max(1) {
         // Random prompt ids (deterministic per repetition; speed does not depend on them).
         let mut s = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(rep as u64 + 1);
@@ -190,13 +201,25 @@ pub fn run(
         );
         decode.push(rate);
         captures = g.stats().trace_captures;
+        let rep_bw = match bw {
+            Bandwidth::HostRead(_) => {
+                peak_before_tests = peak_before_tests.max(peak_rss_bytes());
+                let v = read_bandwidth(threads, a.bandwidth_mib << 20);
+                reset_peak_rss();
+                eprintln!("rep {}: read bandwidth {v:.1} GB/s", rep + 1);
+                v
+            }
+            Bandwidth::DevicePeak(v) => v,
+        };
+        bandwidths.push(rep_bw);
+        fractions.push(weight_bytes as f64 * rate / (rep_bw * 1e9));
     }
     let prefill = spread(prefill);
     let decode = spread(decode);
-    let weight_bytes = model.weight_bytes_per_token();
     let ms_per_token = 1000.0 / decode.median;
-    let fraction = weight_bytes as f64 * decode.median / (bandwidth * 1e9);
-    let peak_rss = peak_rss_bytes();
+    let fraction = spread(fractions);
+    let bandwidth = spread(bandwidths);
+    let peak_rss = peak_before_tests.max(peak_rss_bytes());
     if a.json {
         let v = serde_json::json!({
             "prefill_tok_s": prefill.median,
@@ -205,10 +228,12 @@ pub fn run(
             "ms_per_token": ms_per_token,
             "peak_rss_bytes": peak_rss,
             "weight_bytes_per_token": weight_bytes,
-            "bandwidth_gb_s": bandwidth,
+            "bandwidth_gb_s": bandwidth.median,
+            "bandwidth_gb_s_spread": bandwidth,
             "bandwidth_source": bw.source(),
             "backend": model.device().backend().name(),
-            "bandwidth_fraction": fraction,
+            "bandwidth_fraction": fraction.median,
+            "bandwidth_fraction_spread": fraction,
             "threads": threads,
             "prompt_len": a.prompt_len,
             "gen_len": a.gen_len,
@@ -226,10 +251,15 @@ pub fn run(
             prefill.median, prefill.min, prefill.max, decode.median, decode.min, decode.max
         );
         println!(
-            "weights {:.1} MB/token; bandwidth {bandwidth:.1} GB/s ({}); {:.0} % of the bandwidth limit; peak RSS {:.2} GB; load {load_seconds:.1} s",
+            "weights {:.1} MB/token; bandwidth {:.1} GB/s ({}, min {:.1}, max {:.1}); {:.0} % of the bandwidth limit (min {:.0}, max {:.0}); peak RSS {:.2} GB; load {load_seconds:.1} s",
             weight_bytes as f64 / 1e6,
+            bandwidth.median,
             bw.source(),
-            fraction * 100.0,
+            bandwidth.min,
+            bandwidth.max,
+            fraction.median * 100.0,
+            fraction.min * 100.0,
+            fraction.max * 100.0,
             peak_rss as f64 / 1e9
         );
     }
