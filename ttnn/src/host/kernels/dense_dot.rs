@@ -359,16 +359,20 @@ mod x86 {
             group!(slot, one_scale!());
             slot += 1;
         }
-        let mut out = [0f32; R];
-        for r in 0..R {
-            let mut lanes = [0f32; LANES];
-            for q in 0..4 {
-                // SAFETY: lanes has 32 values; 8q + 8 <= 32.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * q), acc[r][q]) };
-            }
-            out[r] = reduce(&lanes) * xs[r].scale;
-        }
-        out
+        std::array::from_fn(|r| reduce_avx2(&acc[r]) * xs[r].scale)
+    }
+
+    /// [`reduce`] of the lanes `8q + j` = `acc[q][j]`, in registers: the same additions in the
+    /// same order (no round trip through the stack, ~20 instructions fewer per row).
+    #[target_feature(enable = "avx2")]
+    fn reduce_avx2(acc: &[__m256; 4]) -> f32 {
+        // s8[j] = (l[j] + l[j + 8]) + (l[j + 16] + l[j + 24]).
+        let s8 = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        // s4[i] = s8[i] + s8[i + 4].
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+        // (s4[0] + s4[2]) + (s4[1] + s4[3]).
+        let e = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(e, _mm_shuffle_ps::<0b01>(e, e)))
     }
 
     /// The canonical order with four 8-wide accumulators per row (lane `8q + j` is
