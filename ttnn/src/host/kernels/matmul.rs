@@ -262,14 +262,14 @@ fn rows_kernel(
         for col in range.clone() {
             let (bi, j) = (col / n, col % n);
             let b_row = b.row(if d.bcast_b { j } else { bi * n + j }, k);
-            if let Some(ahead) = ahead {
-                let next = col + ahead;
-                if next < range.end {
+            // The row `ahead` columns on (in this task's range), to prefetch.
+            let next = ahead
+                .map(|ahead| col + ahead)
+                .filter(|&next| next < range.end)
+                .map(|next| {
                     let (nbi, nj) = (next / n, next % n);
                     b.row(if d.bcast_b { nj } else { nbi * n + nj }, k)
-                        .prefetch();
-                }
-            }
+                });
             let bias_j = bias.map(|v| v[j]);
             let a_row = |mm: usize| {
                 let row = bi * m + mm;
@@ -302,6 +302,16 @@ fn rows_kernel(
             };
             let qrow = |mm: usize| int_path.and_then(|(qa, ..)| qa.row(bi * m + mm));
             let groups = BlockFloatData::groups_per_row(k);
+            // The integer kernel spreads the hints for a block-float row over its loop (see
+            // `dot_block_rows`); any other row is prefetched here, in one go.
+            let mut hint = match (next, int_path.is_some() && qrow(0).is_some()) {
+                (Some(RowRef::Block { exps, mants, .. }), true) => Some((exps, mants)),
+                (Some(other), _) => {
+                    other.prefetch();
+                    None
+                }
+                (None, _) => None,
+            };
             let mut mm = 0;
             while mm < m {
                 match (
@@ -310,13 +320,29 @@ fn rows_kernel(
                     (mm + 1 < m).then(|| qrow(mm + 1)).flatten(),
                 ) {
                     (Some((_, format, exps, mants)), Some(x0), Some(x1)) => {
-                        let v = dot_block_rows(ctx.isa, &[x0, x1], format, exps, mants, groups);
+                        let v = dot_block_rows(
+                            ctx.isa,
+                            &[x0, x1],
+                            format,
+                            exps,
+                            mants,
+                            groups,
+                            hint.take(),
+                        );
                         store(mm, v[0]);
                         store(mm + 1, v[1]);
                         mm += 2;
                     }
                     (Some((_, format, exps, mants)), Some(x0), None) => {
-                        let v = dot_block_rows(ctx.isa, &[x0], format, exps, mants, groups);
+                        let v = dot_block_rows(
+                            ctx.isa,
+                            &[x0],
+                            format,
+                            exps,
+                            mants,
+                            groups,
+                            hint.take(),
+                        );
                         store(mm, v[0]);
                         mm += 1;
                     }
