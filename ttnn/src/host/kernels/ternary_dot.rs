@@ -166,7 +166,7 @@ mod x86 {
         packed: &[&[u8]; W],
     ) -> [i32; W] {
         // SAFETY: AVX2 (the caller's contract).
-        let acc = unsafe { acc_weights_avx2(q, packed) };
+        let acc = unsafe { acc_weights_avx2(q, packed, &[]) };
         // Exact: every term of the sums is a multiple of 4.
         acc.map(|a| hsum_epi32(a) >> 2)
     }
@@ -190,14 +190,11 @@ mod x86 {
         for (i, o) in out.chunks_mut(8).enumerate() {
             for (t, acc) in accs.iter_mut().enumerate().take(o.len()) {
                 let start = (i * 8 + t) * row_bytes;
-                let pf = start + ahead;
-                if pf < rows.len() {
-                    let end = (pf + row_bytes).min(rows.len());
-                    crate::host::kernels::prefetch(&rows[pf..end]);
-                }
-                // SAFETY: AVX2; the row `start..start + row_bytes` is inside `rows` (asserted)
-                // and has `q.len() / 4` bytes.
-                *acc = unsafe { acc_weights_avx2(q, &[&rows[start..start + row_bytes]]) }[0];
+                let pf = (start + ahead).min(rows.len());
+                let pf = &rows[pf..(pf + row_bytes).min(rows.len())];
+                let row = &rows[start..start + row_bytes];
+                // SAFETY: AVX2; the row has `q.len() / 4` bytes (asserted by the caller).
+                *acc = unsafe { acc_weights_avx2(q, &[row], pf) }[0];
             }
             let s = hsum8_epi32(&accs);
             let mut lanes = [0i32; 8];
@@ -227,7 +224,11 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
-    unsafe fn acc_weights_avx2<const W: usize>(q: &[i8], packed: &[&[u8]; W]) -> [__m256i; W] {
+    unsafe fn acc_weights_avx2<const W: usize>(
+        q: &[i8],
+        packed: &[&[u8]; W],
+        prefetch: &[u8],
+    ) -> [__m256i; W] {
         let chunks = q.len() / CHUNK;
         assert!(
             packed.iter().all(|p| p.len() >= chunks * CHUNK_BYTES),
@@ -247,6 +248,17 @@ mod x86 {
         let mut c = 0;
         while c < chunks {
             let end = (c + FLUSH).min(chunks);
+            // Hints for the same bytes of `prefetch` as this block covers (four lines per
+            // eight chunks): spread over the row rather than one burst, which stalls once the
+            // line-fill buffers are full.
+            if c * CHUNK_BYTES < prefetch.len() {
+                let p = prefetch.as_ptr().wrapping_add(c * CHUNK_BYTES);
+                for line in 0..FLUSH * CHUNK_BYTES / 64 {
+                    // A hint never faults or writes; wrapping arithmetic, as the last lines
+                    // may lie past the target's end.
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * line).cast());
+                }
+            }
             let mut lo = [_mm256_setzero_si256(); W];
             let mut hi = [_mm256_setzero_si256(); W];
             while c < end {
