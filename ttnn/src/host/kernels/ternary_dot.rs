@@ -69,14 +69,19 @@ pub(crate) fn dot_codes_rows(
         _ => {
             for (i, o) in out.iter_mut().enumerate() {
                 let start = i * row_bytes;
-                let pf = start + ahead;
-                if pf < rows.len() {
-                    super::prefetch(&rows[pf..(pf + row_bytes).min(rows.len())]);
-                }
+                super::prefetch(prefetch_target(rows, start, row_bytes, ahead));
                 *o = dot_codes_weights(isa, q, &[&rows[start..start + row_bytes]])[0];
             }
         }
     }
+}
+
+/// The bytes of `rows` to prefetch while the row at `start` is computed: a row's worth `ahead`
+/// bytes on, clipped to `rows` (empty past its end).
+#[inline]
+fn prefetch_target(rows: &[u8], start: usize, row_bytes: usize, ahead: usize) -> &[u8] {
+    let pf = (start + ahead).min(rows.len());
+    &rows[pf..(pf + row_bytes).min(rows.len())]
 }
 
 /// The reference: unpack each byte, multiply, add.
@@ -190,8 +195,7 @@ mod x86 {
         for (i, o) in out.chunks_mut(8).enumerate() {
             for (t, acc) in accs.iter_mut().enumerate().take(o.len()) {
                 let start = (i * 8 + t) * row_bytes;
-                let pf = (start + ahead).min(rows.len());
-                let pf = &rows[pf..(pf + row_bytes).min(rows.len())];
+                let pf = super::prefetch_target(rows, start, row_bytes, ahead);
                 let row = &rows[start..start + row_bytes];
                 // SAFETY: AVX2; the row has `q.len() / 4` bytes (asserted by the caller).
                 *acc = unsafe { acc_weights_avx2(q, &[row], pf) }[0];
