@@ -139,6 +139,11 @@ pub fn run(
         model,
         GeneratorConfig {
             max_batch: 1,
+            // The repetitions' random prompts share no prefix, so the cache would only keep
+            // each finished prompt's blocks and make the next repetition touch fresh KV pages:
+            // the RSS peak would grow by one request's KV (29.5 MB) per repetition. Without it
+            // every repetition reuses the first one's blocks, as llama-bench reuses its cache.
+            prefix_sharing: false,
             ..Default::default()
         },
     )?;

@@ -5,7 +5,9 @@
 //! kernels report bytes of weights read per second (GB/s: compare with the machine's memory
 //! bandwidth); compute-bound ones report operations per second (2 per multiply-add; criterion
 //! prints them as elem/s, i.e. Gelem/s = GOP/s). `BITNET_HOST_ISA=scalar|avx2|avx512vnni`
-//! forces a kernel path; `BITNET_BENCH_THREADS` sets the device's threads (default 1).
+//! forces a kernel path; `BITNET_HOST_TERNARY_LAYOUT=bits2|lut3` the ternary weights' layout
+//! (GB/s counts the bytes stored in it); `BITNET_BENCH_THREADS` sets the device's threads
+//! (default 1).
 
 use std::hint::black_box;
 
@@ -60,8 +62,10 @@ fn ternary(c: &mut Criterion) {
         weight_scale: 0.5,
         ..Default::default()
     };
+    let layout = dev.host_ternary_layout().unwrap_or_default();
+    let bytes = |rows: usize| Throughput::BytesDecimal(layout.stored_bytes(rows, HIDDEN) as u64);
     let mut g = c.benchmark_group("bitlinear_gemv_GBps");
-    g.throughput(Throughput::BytesDecimal((FFN * HIDDEN / 4) as u64));
+    g.throughput(bytes(FFN));
     let x = upload(&dev, &vals(HIDDEN, 1), &[1, HIDDEN], DataType::Float32);
     g.bench_function(BenchmarkId::new("ffn_gate", "m1"), |b| {
         b.iter(|| black_box(bitlinear(&x, &w, &args).expect("bitlinear")))
@@ -70,14 +74,13 @@ fn ternary(c: &mut Criterion) {
     // are at every decode step (the case above stays in L3 after the first iteration).
     let big_t: Vec<i8> = t.iter().cycle().take(FFN * HIDDEN * 8).copied().collect();
     let big = upload(&dev, &big_t, &[FFN * 8, HIDDEN], DataType::Ternary);
-    g.throughput(Throughput::BytesDecimal((8 * FFN * HIDDEN / 4) as u64));
+    g.throughput(bytes(8 * FFN));
     g.bench_function(BenchmarkId::new("dram_8x_ffn_gate", "m1"), |b| {
         b.iter(|| black_box(bitlinear(&x, &big, &args).expect("bitlinear")))
     });
-    g.throughput(Throughput::BytesDecimal((FFN * HIDDEN / 4) as u64));
-    // A weight that stays in L2 (410 KB): the kernel's compute rate, without DRAM.
+    // A weight that stays in L2 (410 KB at 2 bits): the kernel's compute rate, without DRAM.
     let small = upload(&dev, &t[..640 * HIDDEN], &[640, HIDDEN], DataType::Ternary);
-    g.throughput(Throughput::BytesDecimal((640 * HIDDEN / 4) as u64));
+    g.throughput(bytes(640));
     g.bench_function(BenchmarkId::new("in_cache_640", "m1"), |b| {
         b.iter(|| black_box(bitlinear(&x, &small, &args).expect("bitlinear")))
     });

@@ -157,6 +157,46 @@ impl std::str::FromStr for HostIsa {
     }
 }
 
+/// How the host backend stores ternary weights on its device (host tensors are always
+/// [`TernaryLayout::Bits2`]; `to_device` repacks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum TernaryLayout {
+    /// 2 bits per value, one row after the other: the `maddubs` kernels' layout.
+    Bits2,
+    /// 5 bits per 3 values (1.67 bits per weight) in blocks of 32 rows, read by a table-lookup
+    /// GEMV (bitnet.cpp's TL2 idea): a sixth less memory and weight traffic than `Bits2`.
+    #[default]
+    Lut3,
+}
+
+impl TernaryLayout {
+    /// Bytes a `rows x row_len` ternary matrix takes in this layout (padding included).
+    pub fn stored_bytes(self, rows: usize, row_len: usize) -> usize {
+        match self {
+            Self::Bits2 => rows * crate::host::ternary::TernaryData::row_bytes(row_len),
+            Self::Lut3 => crate::host::ternary_lut::storage_bytes(rows, row_len),
+        }
+    }
+
+    /// `BITNET_HOST_TERNARY_LAYOUT` (`bits2`, `lut3`), read when a `DeviceSpec` is made.
+    pub fn from_env() -> Option<Self> {
+        std::env::var("BITNET_HOST_TERNARY_LAYOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl std::str::FromStr for TernaryLayout {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "bits2" => Ok(Self::Bits2),
+            "lut3" => Ok(Self::Lut3),
+            other => Err(format!("unknown ternary layout {other:?} (bits2, lut3)")),
+        }
+    }
+}
+
 /// Which backend runs a device's ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum BackendKind {
@@ -192,6 +232,9 @@ pub struct DeviceSpec {
     /// Host backend: the kernel instruction set. `None`: the best this CPU supports.
     /// `DeviceSpec::default()` takes it from `BITNET_HOST_ISA` when set.
     pub host_isa: Option<HostIsa>,
+    /// Host backend: how ternary weights are stored. `None`: `BITNET_HOST_TERNARY_LAYOUT` when
+    /// set, else the default ([`TernaryLayout::Lut3`]).
+    pub host_ternary_layout: Option<TernaryLayout>,
     /// Tenstorrent backend: the TT-NN shim library to load. `None` searches, in order:
     /// `$TTNN_C_LIB`; `libttnn_c.so` (or `.so.1`) next to the running executable, then in its
     /// parent directory (where `cargo build -p ttnn-sys` puts it for test binaries in
@@ -214,6 +257,7 @@ impl Default for DeviceSpec {
             trace_region_size: 30_000_000,
             num_threads: None,
             host_isa: HostIsa::from_env(),
+            host_ternary_layout: TernaryLayout::from_env(),
             ttnn_lib: None,
             device_id: 0,
         }
@@ -228,6 +272,12 @@ impl DeviceSpec {
 
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.num_threads = Some(threads);
+        self
+    }
+
+    /// The host backend storing ternary weights in `layout`.
+    pub fn with_ternary_layout(mut self, layout: TernaryLayout) -> Self {
+        self.host_ternary_layout = Some(layout);
         self
     }
 
@@ -414,6 +464,14 @@ impl Device {
     pub fn host_isa(&self) -> Option<HostIsa> {
         match &self.inner.backend {
             BackendImpl::Host(h) => Some(h.isa),
+            BackendImpl::Tt(_) => None,
+        }
+    }
+
+    /// How the host backend stores ternary weights (`None` on the Tenstorrent backend).
+    pub fn host_ternary_layout(&self) -> Option<TernaryLayout> {
+        match &self.inner.backend {
+            BackendImpl::Host(h) => Some(h.ternary_layout),
             BackendImpl::Tt(_) => None,
         }
     }

@@ -391,7 +391,7 @@ impl Tensor {
                 host.ensure_not_capturing(op)?;
                 let alloc =
                     Arc::new(device.allocate(op, self.shape, self.dtype, self.layout, mc)?);
-                let buffer = HostBuffer::new((**data).clone(), mc.clone());
+                let buffer = HostBuffer::new(host.adopt((**data).clone()), mc.clone());
                 Ok(Self::from_parts(
                     self.shape,
                     self.dtype,
@@ -436,7 +436,7 @@ impl Tensor {
         };
         host.ensure_not_capturing(op)?;
         let alloc = Arc::new(device.allocate(op, self.shape, self.dtype, self.layout, mc)?);
-        let data = Arc::try_unwrap(data).unwrap_or_else(|shared| (*shared).clone());
+        let data = host.adopt(Arc::try_unwrap(data).unwrap_or_else(|shared| (*shared).clone()));
         Ok(Self::from_parts(
             self.shape,
             self.dtype,

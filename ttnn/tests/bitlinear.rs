@@ -14,8 +14,8 @@ use ttnn::ops::bitlinear::{
 use ttnn::ops::norm::{RmsNormArgs, rms_norm};
 use ttnn::{
     DRAM_MEMORY_CONFIG, DataType, Device, DeviceSpec, L1_WIDTH_SHARDED_MEMORY_CONFIG, Layout,
-    Tensor, TensorMemoryLayout, begin_trace_capture, copy_host_to_device, end_trace_capture,
-    execute_trace,
+    Tensor, TensorMemoryLayout, TernaryLayout, begin_trace_capture, copy_host_to_device,
+    end_trace_capture, execute_trace,
 };
 
 const OP: &str = "ttnn::experimental::bitlinear";
@@ -117,9 +117,12 @@ proptest! {
         out_bf16 in any::<bool>(),
         magnitude in -3i32..4,
         zero_row in any::<bool>(),
+        lut3 in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let dev = device();
+        let layout = if lut3 { TernaryLayout::Lut3 } else { TernaryLayout::Bits2 };
+        let dev = Device::open(DeviceSpec::default().with_threads(2).with_ternary_layout(layout))
+            .expect("device");
         let mut rng = Rng::new(seed);
         let (x_shape, w_shape): (Vec<usize>, Vec<usize>) = match kind {
             0 => (vec![m, k], vec![n, k]),
@@ -354,14 +357,23 @@ fn input_rms_norm_replays_and_validates() {
 /// Shapes past the GEMM tiling (K blocks of up to 4096 values, 16 weight rows, quads of
 /// activation rows): K = 4200 splits in two blocks and a partial chunk, 37 outputs leave a
 /// partial tile, 7 rows a partial quad; exact integer sums make the result the reference's.
+/// The same shapes through the `Lut3` GEMM (partial blocks of 32 rows, runs of blocks).
 #[test]
 fn gemm_tiles_match_reference() {
-    let dev = device();
-    for (m, k, n, seed) in [
-        (7usize, 4200usize, 37usize, 1u64),
-        (9, 6912, 20, 2),
-        (4, 4097, 16, 3),
+    for (m, k, n, seed, layout) in [
+        (7usize, 4200usize, 37usize, 1u64, TernaryLayout::Bits2),
+        (9, 6912, 20, 2, TernaryLayout::Bits2),
+        (4, 4097, 16, 3, TernaryLayout::Bits2),
+        (7, 4200, 37, 1, TernaryLayout::Lut3),
+        (9, 6912, 300, 2, TernaryLayout::Lut3),
+        (4, 4097, 16, 3, TernaryLayout::Lut3),
     ] {
+        let dev = Device::open(
+            DeviceSpec::default()
+                .with_threads(2)
+                .with_ternary_layout(layout),
+        )
+        .expect("device");
         let mut rng = Rng::new(seed);
         let x = rng.vec(m * k, 1.0);
         let t: Vec<i8> = (0..n * k).map(|_| rng.below(3) as i8 - 1).collect();
@@ -377,7 +389,7 @@ fn gemm_tiles_match_reference() {
             &y.to_vec::<f32>().expect("y"),
             &want,
             1e-6,
-            &format!("{m}x{k} @ {n}x{k}"),
+            &format!("{m}x{k} @ {n}x{k} {layout:?}"),
         );
     }
 }
@@ -500,12 +512,18 @@ fn divide_mode_by_hand() {
     );
 }
 
-/// Bit-identical across thread counts and whether a row is computed alone or in a batch; large
-/// enough for the parallel paths (quantization and the N split).
+/// Bit-identical across thread counts, ternary layouts and whether a row is computed alone or
+/// in a batch; large enough for the parallel paths (quantization and the N split).
 #[test]
 fn batch_and_thread_invariant() {
     let dev2 = device();
     let dev1 = Device::open(DeviceSpec::default().with_threads(1)).expect("device");
+    let bits2 = Device::open(
+        DeviceSpec::default()
+            .with_threads(2)
+            .with_ternary_layout(TernaryLayout::Bits2),
+    )
+    .expect("device");
     let mut rng = Rng::new(99);
     let (m, k, n) = (40, 640, 256);
     let x = rng.vec(m * k, 3.0);
@@ -531,6 +549,7 @@ fn batch_and_thread_invariant() {
     };
     let full = run(&dev2, &x, m);
     assert_eq!(full, run(&dev1, &x, m));
+    assert_eq!(full, run(&bits2, &x, m));
     for r in [0, 21, 39] {
         let one = run(&dev2, &x[r * k..(r + 1) * k], 1);
         assert!(

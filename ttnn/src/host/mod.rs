@@ -11,11 +11,12 @@ pub(crate) mod data;
 pub(crate) mod kernels;
 pub(crate) mod pool;
 pub(crate) mod ternary;
+pub(crate) mod ternary_lut;
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::device::{DeviceSpec, HostIsa};
+use crate::device::{DeviceSpec, HostIsa, TernaryLayout};
 use crate::error::{Error, Result};
 use crate::types::MemoryConfig;
 use data::HostData;
@@ -76,6 +77,7 @@ static NEXT_TRACE_ID: AtomicU32 = AtomicU32::new(0);
 pub(crate) struct HostDevice {
     pub pool: ThreadPool,
     pub isa: HostIsa,
+    pub ternary_layout: TernaryLayout,
     capture: Mutex<Option<Capture>>,
     live_traces: Arc<AtomicUsize>,
 }
@@ -116,6 +118,18 @@ impl HostDevice {
                 Err(_) => HostIsa::detect(),
             },
         };
+        let ternary_layout = match spec.host_ternary_layout {
+            Some(l) => l,
+            None => match std::env::var("BITNET_HOST_TERNARY_LAYOUT") {
+                Ok(v) => v.parse::<TernaryLayout>().map_err(|e| {
+                    Error::arg(
+                        "Device::open",
+                        format!("BITNET_HOST_TERNARY_LAYOUT={v:?}: {e}"),
+                    )
+                })?,
+                Err(_) => TernaryLayout::default(),
+            },
+        };
         if !isa.is_supported() {
             return Err(Error::arg(
                 "Device::open",
@@ -125,9 +139,20 @@ impl HostDevice {
         Ok(Self {
             pool,
             isa,
+            ternary_layout,
             capture: Mutex::new(None),
             live_traces: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Host data as this device stores it: ternary weights repacked to its layout.
+    pub fn adopt(&self, data: HostData) -> HostData {
+        match data {
+            HostData::Ternary(t) if t.layout != self.ternary_layout => {
+                HostData::Ternary(t.to_layout(self.ternary_layout))
+            }
+            other => other,
+        }
     }
 
     fn capture(&self) -> std::sync::MutexGuard<'_, Option<Capture>> {

@@ -9,6 +9,14 @@
 //! never occurs; a row's tail past `row_len` holds code 1 (zero), so kernels can run whole
 //! chunks.
 
+//!
+//! That is the `Bits2` layout, the one host tensors use. A device of the host backend may store
+//! its ternary weights as `Lut3` instead (`host::ternary_lut`, chosen by
+//! `DeviceSpec::host_ternary_layout`); `to_device` repacks.
+
+use super::ternary_lut as lut;
+use crate::device::TernaryLayout;
+
 /// Values per chunk.
 pub const CHUNK: usize = 128;
 /// Bytes per chunk.
@@ -19,7 +27,10 @@ pub const CHUNK_BYTES: usize = CHUNK / 4;
 pub struct TernaryData {
     pub rows: usize,
     pub row_len: usize,
+    pub layout: TernaryLayout,
     pub packed: Vec<u8>,
+    /// `Lut3`: each row's count of negated groups (empty for `Bits2`).
+    pub neg: Vec<i32>,
 }
 
 /// (byte offset in the row, bit shift) of value `c`.
@@ -35,12 +46,66 @@ impl TernaryData {
         row_len.div_ceil(CHUNK) * CHUNK_BYTES
     }
 
+    /// A zero matrix in the `Bits2` layout (host tensors).
     pub fn zeros(rows: usize, row_len: usize) -> Self {
-        // Code 1 is zero: 0b01010101 per byte.
-        Self {
-            rows,
-            row_len,
-            packed: vec![0x55; rows * Self::row_bytes(row_len)],
+        Self::zeros_in(TernaryLayout::Bits2, rows, row_len)
+    }
+
+    pub fn zeros_in(layout: TernaryLayout, rows: usize, row_len: usize) -> Self {
+        match layout {
+            // Code 1 is zero: 0b01010101 per byte.
+            TernaryLayout::Bits2 => Self {
+                rows,
+                row_len,
+                layout,
+                packed: vec![0x55; rows * Self::row_bytes(row_len)],
+                neg: Vec::new(),
+            },
+            // Index 0 with a clear sign is zero: a zeroed allocation, mapped on first touch.
+            TernaryLayout::Lut3 => Self {
+                rows,
+                row_len,
+                layout,
+                packed: vec![0; lut::storage_bytes(rows, row_len)],
+                neg: vec![0; rows],
+            },
+        }
+    }
+
+    /// The same values in `layout` (a copy, or a repack).
+    pub fn to_layout(&self, layout: TernaryLayout) -> Self {
+        if layout == self.layout {
+            return self.clone();
+        }
+        let mut t = Self::zeros_in(layout, self.rows, self.row_len);
+        if self.layout == TernaryLayout::Bits2 {
+            // Row by row (a 2B-4T checkpoint repacks two billion values at load).
+            let row_len = self.row_len;
+            lut::pack_rows_with(self.rows, row_len, &mut t.packed, &mut t.neg, |r, buf| {
+                self.unpack_row(r, buf)
+            });
+        } else {
+            t.pack_slice(&self.unpack());
+        }
+        t
+    }
+
+    /// Row `r`'s values of a `Bits2` matrix into `out` (`row_len` values).
+    fn unpack_row(&self, r: usize, out: &mut [i8]) {
+        for (c, bytes) in self.row(r).chunks_exact(CHUNK_BYTES).enumerate() {
+            let dst = &mut out[c * CHUNK..];
+            if dst.len() >= CHUNK {
+                for (j, &b) in bytes.iter().enumerate() {
+                    for f in 0..4 {
+                        dst[j + f * CHUNK_BYTES] = ((b >> (2 * f)) & 3) as i8 - 1;
+                    }
+                }
+            } else {
+                // The partial last chunk.
+                for (v, d) in dst.iter_mut().enumerate() {
+                    *d = ((bytes[v % CHUNK_BYTES] >> (2 * (v / CHUNK_BYTES))) & 3) as i8 - 1;
+                }
+            }
         }
     }
 
@@ -56,6 +121,16 @@ impl TernaryData {
     /// has two billion weights to pack at load).
     pub fn pack_slice(&mut self, values: &[i8]) {
         assert_eq!(values.len(), self.rows * self.row_len, "value count");
+        if self.layout == TernaryLayout::Lut3 {
+            lut::pack_rows(
+                values,
+                self.rows,
+                self.row_len,
+                &mut self.packed,
+                &mut self.neg,
+            );
+            return;
+        }
         if self.row_len == 0 {
             return;
         }
@@ -92,6 +167,12 @@ impl TernaryData {
 
     /// Repacks in place from row-major values in {-1, 0, 1} (no allocation).
     pub fn pack_from(&mut self, mut values: impl Iterator<Item = i8>) {
+        if self.layout == TernaryLayout::Lut3 {
+            let n = self.rows * self.row_len;
+            let v: Vec<i8> = (0..n).map(|_| values.next().unwrap_or(0)).collect();
+            self.pack_slice(&v);
+            return;
+        }
         let rb = Self::row_bytes(self.row_len);
         self.packed.fill(0x55);
         let mut chunk = [1u8; CHUNK];
@@ -116,8 +197,13 @@ impl TernaryData {
         }
     }
 
-    /// Row `r` as packed bytes (whole chunks).
+    /// Row `r` as packed bytes (whole chunks) of a `Bits2` matrix.
     pub fn row(&self, r: usize) -> &[u8] {
+        assert_eq!(
+            self.layout,
+            TernaryLayout::Bits2,
+            "rows are contiguous in Bits2 only"
+        );
         let rb = Self::row_bytes(self.row_len);
         &self.packed[r * rb..(r + 1) * rb]
     }
@@ -125,6 +211,9 @@ impl TernaryData {
     /// Value at (`r`, `c`).
     #[inline]
     pub fn get(&self, r: usize, c: usize) -> i8 {
+        if self.layout == TernaryLayout::Lut3 {
+            return lut::get(&self.packed, self.row_len, r, c);
+        }
         let (byte, shift) = place(c);
         (((self.row(r)[byte] >> shift) & 3) as i8) - 1
     }
@@ -132,6 +221,13 @@ impl TernaryData {
     /// All values, row-major.
     pub fn unpack(&self) -> Vec<i8> {
         let mut out = Vec::with_capacity(self.rows * self.row_len);
+        if self.layout == TernaryLayout::Bits2 {
+            out.resize(self.rows * self.row_len, 0);
+            for (r, o) in out.chunks_exact_mut(self.row_len.max(1)).enumerate() {
+                self.unpack_row(r, o);
+            }
+            return out;
+        }
         for r in 0..self.rows {
             for c in 0..self.row_len {
                 out.push(self.get(r, c));
@@ -158,7 +254,11 @@ mod tests {
                 .collect();
             let p = TernaryData::pack(&values, rows, row_len);
             prop_assert_eq!(p.packed.len(), rows * row_len.div_ceil(CHUNK) * CHUNK_BYTES);
-            prop_assert_eq!(p.unpack(), values);
+            prop_assert_eq!(&p.unpack(), &values);
+            let l = p.to_layout(TernaryLayout::Lut3);
+            prop_assert_eq!(l.packed.len(), lut::storage_bytes(rows, row_len));
+            prop_assert_eq!(&l.unpack(), &values);
+            prop_assert_eq!(l.to_layout(TernaryLayout::Bits2), p);
         }
     }
 

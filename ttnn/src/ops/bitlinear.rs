@@ -257,10 +257,12 @@ pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs<'_>) -> R
     };
     let out = Tensor::allocate(device, op, out_shape, dtype, Layout::Tile, &mc)?;
     let rows = input.shape().rows();
+    let weight_buffer = weight.host_buffer(op, "weight")?;
+    crate::host::kernels::bitlinear::reserve_tables(&weight_buffer.read(), rows, k);
     host.submit(BitLinearCmd {
         input_norm,
         input: input.host_buffer(op, "input")?.clone(),
-        weight: weight.host_buffer(op, "weight")?.clone(),
+        weight: weight_buffer.clone(),
         out: out.host_buffer(op, "output")?.clone(),
         rows,
         k,
@@ -273,7 +275,7 @@ pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs<'_>) -> R
         } else {
             rows * k
         }),
-        q: Vec::with_capacity(rows * crate::host::ternary::TernaryData::row_bytes(k) * 4),
+        q: Vec::with_capacity(rows * crate::host::kernels::bitlinear::act_row_len(k)),
         scales: Vec::with_capacity(rows),
         qsums: Vec::with_capacity(rows),
         so: Vec::with_capacity(if dtype == DataType::Float32 {

@@ -12,11 +12,13 @@ use super::PREFETCH_BYTES;
 use super::eltwise::SendPtr;
 use super::norm::rms_norm_row;
 use super::ternary_dot::{dot_codes, dot_codes_rows};
+use super::ternary_lut::{build_table_isa, lut_block};
 use super::{read_f32, write_f32};
-use crate::device::HostIsa;
+use crate::device::{HostIsa, TernaryLayout};
 use crate::error::{Error, Result};
 use crate::host::data::HostData;
 use crate::host::ternary::{CHUNK, CHUNK_BYTES, TernaryData};
+use crate::host::ternary_lut::{self as lut, LUT_ROWS, TABLE_BYTES};
 use crate::host::{HostBuffer, HostCommand, HostCtx};
 use crate::ops::bitlinear::WeightScaleMode;
 
@@ -26,6 +28,41 @@ const PAR_MIN_WORK: usize = 1 << 16;
 const TASK_MIN_WORK: usize = 1 << 14;
 /// Activation values below which the quantization runs on the calling thread only.
 const QUANT_PAR_MIN: usize = 1 << 16;
+
+/// Length of a quantized activation row for `k` inputs: zero-padded to whole `Bits2` chunks and
+/// to the `Lut3` groups plus the one byte the table builder reads past them.
+pub(crate) fn act_row_len(k: usize) -> usize {
+    (TernaryData::row_bytes(k) * 4).max(3 * lut::groups(k) + 1)
+}
+
+std::thread_local! {
+    /// The `Lut3` tables of the current bitlinear's activation rows: one buffer per calling
+    /// thread, shared by every command it runs (a buffer per command would keep 74 KB per
+    /// bitlinear of a captured decode resident), grown once and then reused without allocating.
+    static LUT_TABLES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Bytes of `Lut3` tables for `rows` activation rows against `w` (0 for `Bits2` weights).
+fn table_bytes(w: &TernaryData, rows: usize, k: usize) -> usize {
+    match w.layout {
+        TernaryLayout::Lut3 => rows * lut::groups(k) * TABLE_BYTES,
+        TernaryLayout::Bits2 => 0,
+    }
+}
+
+/// Grows this thread's table buffer for a bitlinear of `rows` rows against `weight` when the op
+/// is built, so that running it (even first as a replay of a captured trace) allocates nothing
+/// on this thread.
+pub(crate) fn reserve_tables(weight: &HostData, rows: usize, k: usize) {
+    if let HostData::Ternary(w) = weight {
+        let need = table_bytes(w, rows, k);
+        LUT_TABLES.with_borrow_mut(|t| {
+            if t.len() < need {
+                t.resize(need, 0);
+            }
+        });
+    }
+}
 
 /// Quantizes one activation row as HF's `ActQuant` does in f32: `s = 127 / max(absmax, 1e-5)`,
 /// `q = clamp(round_half_even(x * s), -128, 127)`. Writes `q` (`x.len()` values) and returns `s`.
@@ -203,9 +240,17 @@ struct RowNorm<'a> {
     out: SendPtr<f32>,
 }
 
+/// Where [`quantize_rows`] writes each row's `Lut3` table: `bytes` per row.
+#[derive(Clone, Copy)]
+struct TableOut {
+    ptr: SendPtr<u8>,
+    bytes: usize,
+}
+
 /// Quantizes `rows` rows of `k` values into `q` (rows `kp >= k` apart, the tail zero) and
 /// `scales`, and records each row's sum of codes in `qsums` (parallel over rows when large).
-/// With `norm`, each row is RMS-normalized first.
+/// With `norm`, each row is RMS-normalized first; with `tables`, each row's `Lut3` table is
+/// built right after it is quantized.
 #[allow(clippy::too_many_arguments)] // the scratch outputs of one op, each its own buffer
 fn quantize_rows(
     ctx: &HostCtx<'_>,
@@ -216,6 +261,7 @@ fn quantize_rows(
     scales: &mut [f32],
     qsums: &mut [i32],
     norm: Option<RowNorm<'_>>,
+    tables: Option<TableOut>,
 ) {
     let rows = scales.len();
     let one = |r: usize, qr: &mut [i8], s: &mut f32, qs: &mut i32| {
@@ -236,6 +282,13 @@ fn quantize_rows(
         *s = quantize_row_int8_isa(ctx.isa, xr, &mut qr[..k]);
         qr[k..].fill(0);
         *qs = qr[..k].iter().map(|&v| v as i32).sum();
+        if let Some(t) = tables {
+            // SAFETY: the table buffer holds `rows * t.bytes` bytes and r < rows; row r's table is
+            // written by this call only; the buffer outlives the parallel region.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(t.ptr.get().add(r * t.bytes), t.bytes) };
+            build_table_isa(ctx.isa, qr, dst);
+        }
     };
     if rows * k < QUANT_PAR_MIN || ctx.pool.num_threads() == 1 {
         for (r, ((qr, s), qs)) in q
@@ -299,58 +352,13 @@ pub(crate) struct BitLinearCmd {
 
 impl HostCommand for BitLinearCmd {
     fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
-        let (rows, k, n) = (self.rows, self.k, self.n);
-        let kp = TernaryData::row_bytes(k) * 4;
-        let gi = self.input.read();
-        let x = read_f32(&gi, &mut self.sx);
-        let g_gamma;
-        let norm = match &mut self.input_norm {
-            Some(InputNormCmd {
-                gamma,
-                epsilon,
-                round_bf16,
-                s_gamma,
-                normed,
-            }) => {
-                // Gamma may be stored padded (`[1, 1, K/32, 32]`): its first `k` values count.
-                let gamma = match gamma {
-                    // A second read lock on the input's buffer could deadlock behind a writer.
-                    Some(b) if Arc::ptr_eq(b, &self.input) => Some(&x[..k]),
-                    Some(b) => {
-                        g_gamma = b.read();
-                        Some(&read_f32(&g_gamma, s_gamma)[..k])
-                    }
-                    None => None,
-                };
-                normed.clear();
-                normed.resize(rows * k, 0.0);
-                Some(RowNorm {
-                    gamma,
-                    eps: *epsilon,
-                    round_bf16: *round_bf16,
-                    out: SendPtr(normed.as_mut_ptr()),
-                })
-            }
-            None => None,
-        };
-        self.q.clear();
-        self.q.resize(rows * kp, 0);
-        self.scales.clear();
-        self.scales.resize(rows, 0.0);
-        self.qsums.clear();
-        self.qsums.resize(rows, 0);
-        quantize_rows(
-            ctx,
-            x,
-            k,
-            kp,
-            &mut self.q,
-            &mut self.scales,
-            &mut self.qsums,
-            norm,
-        );
-        drop(gi);
-        let gw = self.weight.read();
+        let (rows, k) = (self.rows, self.k);
+        let kp = act_row_len(k);
+        // `Bits2` kernels take whole chunks of the row.
+        let klen = TernaryData::row_bytes(k) * 4;
+        // The weight through its own handle, so that `w` borrows no part of `self`.
+        let weight = Arc::clone(&self.weight);
+        let gw = weight.read();
         let w = match &*gw {
             HostData::Ternary(t) => t,
             other => {
@@ -361,6 +369,87 @@ impl HostCommand for BitLinearCmd {
                 });
             }
         };
+        // Taken for the op and put back (`take` leaves an empty Vec: no allocation).
+        let mut tables = LUT_TABLES.take();
+        let table_bytes = table_bytes(w, 1, k);
+        // Grown only (every byte used is rewritten below): no allocation once warm.
+        if tables.len() < rows * table_bytes {
+            tables.resize(rows * table_bytes, 0);
+        }
+        // The activation side in a scope of its own: its read guards end before the multiply.
+        {
+            let gi = self.input.read();
+            let x = read_f32(&gi, &mut self.sx);
+            let g_gamma;
+            let norm = match &mut self.input_norm {
+                Some(InputNormCmd {
+                    gamma,
+                    epsilon,
+                    round_bf16,
+                    s_gamma,
+                    normed,
+                }) => {
+                    // Gamma may be stored padded (`[1, 1, K/32, 32]`): its first `k` values count.
+                    let gamma = match gamma {
+                        // A second read lock on the input's buffer could deadlock behind a writer.
+                        Some(b) if Arc::ptr_eq(b, &self.input) => Some(&x[..k]),
+                        Some(b) => {
+                            g_gamma = b.read();
+                            Some(&read_f32(&g_gamma, s_gamma)[..k])
+                        }
+                        None => None,
+                    };
+                    normed.clear();
+                    normed.resize(rows * k, 0.0);
+                    Some(RowNorm {
+                        gamma,
+                        eps: *epsilon,
+                        round_bf16: *round_bf16,
+                        out: SendPtr(normed.as_mut_ptr()),
+                    })
+                }
+                None => None,
+            };
+            self.q.clear();
+            self.q.resize(rows * kp, 0);
+            self.scales.clear();
+            self.scales.resize(rows, 0.0);
+            self.qsums.clear();
+            self.qsums.resize(rows, 0);
+            quantize_rows(
+                ctx,
+                x,
+                k,
+                kp,
+                &mut self.q,
+                &mut self.scales,
+                &mut self.qsums,
+                norm,
+                (table_bytes > 0).then_some(TableOut {
+                    ptr: SendPtr(tables.as_mut_ptr()),
+                    bytes: table_bytes,
+                }),
+            );
+        }
+        let r = self.multiply(ctx, w, klen, &tables[..rows * table_bytes], table_bytes);
+        LUT_TABLES.set(tables);
+        r
+    }
+}
+
+impl BitLinearCmd {
+    /// The weight half of `run`, once the activations are quantized (and, for `Lut3` weights,
+    /// their tables built: `table_bytes` per row).
+    fn multiply(
+        &mut self,
+        ctx: &HostCtx<'_>,
+        w: &TernaryData,
+        klen: usize,
+        tables: &[u8],
+        table_bytes: usize,
+    ) -> Result<()> {
+        let (rows, k, n) = (self.rows, self.k, self.n);
+        let kp = act_row_len(k);
         let (q, scales, qsums) = (&self.q[..], &self.scales[..], &self.qsums[..]);
         let (ws, mode, isa) = (self.weight_scale, self.mode, ctx.isa);
         let gscales = self.weight_scales.as_ref().map(|b| b.read());
@@ -370,11 +459,18 @@ impl HostCommand for BitLinearCmd {
             None => None,
         };
         let mut out = self.out.write();
+        let threads = ctx.pool.num_threads();
+        // Two threads streaming at once see a longer loaded latency: 4 KiB ahead is best with
+        // one (criterion dram_8x_ffn_gate 13.2-16.0 GB/s against 10.5-13.3 with 8 KiB), 8 KiB
+        // with two (26.8-27.3 against 22.2-24.0).
+        let ahead = PREFETCH_BYTES * threads.clamp(1, 2);
         write_f32(&mut out, rows * n, &mut self.so, |o| {
             let op = SendPtr(o.as_mut_ptr());
             // Outputs `j0..j0 + accs.len()` of row `r` in one loop, which the compiler turns
             // into vector divisions: one scalar division per output took a seventh of prefill.
-            let put_row = |r: usize, j0: usize, accs: &[i32]| {
+            // `accs` are sums of codes times activations (`Bits2`, which subtract the row's sum
+            // of activations) or of values times activations (`Lut3`).
+            let put = |r: usize, j0: usize, accs: &[i32], codes: bool| {
                 assert!(r < rows && j0 + accs.len() <= n, "output run out of bounds");
                 // SAFETY: in bounds of `o` (asserted: (r, j0 + len) <= (rows, n)); columns j0..
                 // belong to the calling task only, so no other task touches these elements while
@@ -382,7 +478,7 @@ impl HostCommand for BitLinearCmd {
                 let dst =
                     unsafe { std::slice::from_raw_parts_mut(op.get().add(r * n + j0), accs.len()) };
                 let d = RowDequant {
-                    qsum: qsums[r],
+                    qsum: if codes { qsums[r] } else { 0 },
                     s: scales[r],
                     per_channel: per_channel.map(|v| &v[j0..]),
                     ws,
@@ -390,6 +486,70 @@ impl HostCommand for BitLinearCmd {
                 };
                 dequant_run(isa, dst, accs, d);
             };
+            let put_row = |r: usize, j0: usize, accs: &[i32]| put(r, j0, accs, true);
+            if w.layout == TernaryLayout::Lut3 {
+                // Work split by blocks of 32 weight rows.
+                let bb = lut::block_bytes(k);
+                let table = |r: usize| &tables[r * table_bytes..(r + 1) * table_bytes];
+                let block_out = |b: usize, accs: &[i32; LUT_ROWS], r: usize| {
+                    let j0 = b * LUT_ROWS;
+                    put(r, j0, &accs[..(n - j0).min(LUT_ROWS)], false);
+                };
+                let kernel = |range: std::ops::Range<usize>| {
+                    let task = &w.packed[range.start * bb..range.end * bb];
+                    if rows < 4 {
+                        // A GEMV (decode): the blocks in order, one sequential stream, with the
+                        // bytes `ahead` prefetched (within the task's blocks).
+                        let mut accs = [[0i32; LUT_ROWS]];
+                        for b in range.clone() {
+                            let start = (b - range.start) * bb + ahead;
+                            let pf = &task[start.min(task.len())..(start + bb).min(task.len())];
+                            for r in 0..rows {
+                                lut_block(isa, &[table(r)], w, b, &mut accs, pf);
+                                block_out(b, &accs[0], r);
+                            }
+                        }
+                        return;
+                    }
+                    // A GEMM (prefill): runs of blocks that stay in L2 while every activation
+                    // row's table passes over them, four rows at a time (each weight group's
+                    // indices and signs decoded once for the four).
+                    let run = (LUT_GEMM_RUN_BYTES / bb).max(1);
+                    let mut b0 = range.start;
+                    while b0 < range.end {
+                        let b1 = (b0 + run).min(range.end);
+                        let mut r = 0;
+                        while r + 4 <= rows {
+                            let t4 = [table(r), table(r + 1), table(r + 2), table(r + 3)];
+                            let mut accs = [[0i32; LUT_ROWS]; 4];
+                            for b in b0..b1 {
+                                lut_block(isa, &t4, w, b, &mut accs, &[]);
+                                for (i, a) in accs.iter().enumerate() {
+                                    block_out(b, a, r + i);
+                                }
+                            }
+                            r += 4;
+                        }
+                        for r in r..rows {
+                            let mut accs = [[0i32; LUT_ROWS]];
+                            for b in b0..b1 {
+                                lut_block(isa, &[table(r)], w, b, &mut accs, &[]);
+                                block_out(b, &accs[0], r);
+                            }
+                        }
+                        b0 = b1;
+                    }
+                };
+                let nb = lut::blocks(n);
+                let work = rows * k * n;
+                if threads == 1 || work < PAR_MIN_WORK {
+                    kernel(0..nb);
+                } else {
+                    let tasks = (work / TASK_MIN_WORK).clamp(1, threads * 4).min(nb);
+                    ctx.pool.for_ranges(nb, tasks, &kernel);
+                }
+                return;
+            }
             let kernel = |range: std::ops::Range<usize>| {
                 if rows < 4 {
                     // A GEMV (decode): one weight row after the other, so the weights are read
@@ -405,16 +565,12 @@ impl HostCommand for BitLinearCmd {
                     // The task's rows: prefetching stops at the end of the task's range.
                     let task = &w.packed[range.start * rb..range.end * rb];
                     let mut accs = [0i32; GEMV_RUN];
-                    // Two threads streaming at once see a longer loaded latency: 4 KiB ahead is
-                    // best with one (criterion dram_8x_ffn_gate 13.2-16.0 GB/s against 10.5-13.3
-                    // with 8 KiB), 8 KiB with two (26.8-27.3 against 22.2-24.0).
-                    let ahead = PREFETCH_BYTES * ctx.pool.num_threads().clamp(1, 2);
                     let mut j0 = range.start;
                     while j0 < range.end {
                         let len = (range.end - j0).min(GEMV_RUN);
                         let run = &task[(j0 - range.start) * rb..];
                         for r in 0..rows {
-                            let qr = &q[r * kp..(r + 1) * kp];
+                            let qr = &q[r * kp..r * kp + klen];
                             dot_codes_rows(isa, qr, run, rb, &mut accs[..len], ahead);
                             put_row(r, j0, &accs[..len]);
                         }
@@ -422,10 +578,9 @@ impl HostCommand for BitLinearCmd {
                     }
                     return;
                 }
-                gemm_tiles(isa, q, kp, rows, w, range, &put_row);
+                gemm_tiles(isa, q, kp, klen, rows, w, range, &put_row);
             };
             let work = rows * k * n;
-            let threads = ctx.pool.num_threads();
             if threads == 1 || work < PAR_MIN_WORK {
                 kernel(0..n);
             } else {
@@ -436,6 +591,10 @@ impl HostCommand for BitLinearCmd {
         Ok(())
     }
 }
+
+/// Bytes of `Lut3` weight blocks a prefill task keeps in L2 while every activation row's table
+/// passes over them.
+const LUT_GEMM_RUN_BYTES: usize = 256 << 10;
 
 /// Weight rows per GEMV kernel call (decode): outputs kept on the stack between the kernel and
 /// the dequantization.
@@ -453,16 +612,19 @@ const TILE_K_CHUNKS: usize = 32;
 /// rows x up to [`TILE_K_CHUNKS`] chunks, so the activation tile stays in L1 while the weight
 /// rows pass over it. Without tiling every weight row re-read all activations from L2 (one byte
 /// per multiply-add). Integer partial sums add exactly: the same values as whole rows.
+/// Activation rows are `kp` apart; their first `klen` values (whole chunks) count.
+#[allow(clippy::too_many_arguments)] // one tile loop's inputs
 fn gemm_tiles(
     isa: HostIsa,
     q: &[i8],
     kp: usize,
+    klen: usize,
     rows: usize,
     w: &TernaryData,
     cols: std::ops::Range<usize>,
     put_row: &dyn Fn(usize, usize, &[i32]),
 ) {
-    let chunks = kp / CHUNK;
+    let chunks = klen / CHUNK;
     // K blocks of even size: 54 chunks as 27 + 27, not 32 + 22.
     let k_blocks = chunks.div_ceil(TILE_K_CHUNKS).max(1);
     let per_block = chunks.div_ceil(k_blocks).max(1);

@@ -187,8 +187,11 @@ pub(crate) fn copy_data(src: &HostData, dst: &mut HostData, scratch: &mut Vec<f3
             d.exps.copy_from_slice(&s.exps);
             d.mants.copy_from_slice(&s.mants);
         }
-        (HostData::Ternary(s), HostData::Ternary(d)) if s.row_len == d.row_len => {
+        (HostData::Ternary(s), HostData::Ternary(d))
+            if s.row_len == d.row_len && s.layout == d.layout =>
+        {
             d.packed.copy_from_slice(&s.packed);
+            d.neg.copy_from_slice(&s.neg);
         }
         _ => {
             if !src.cast_ints_into(dst) {

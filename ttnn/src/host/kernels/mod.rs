@@ -14,6 +14,7 @@ pub(crate) mod reduction;
 pub(crate) mod rotary;
 pub(crate) mod sampling;
 pub(crate) mod ternary_dot;
+pub(crate) mod ternary_lut;
 
 use super::data::HostData;
 

@@ -1,0 +1,338 @@
+//! The table-lookup GEMV over `Lut3` ternary weights (`host::ternary_lut`): for one block of
+//! 32 weight rows, `sum_c w[r][c] * q[c]` from the activations' table (`build_table`). Scalar
+//! and AVX2 versions (the AVX-512 path runs the AVX2 one); both exact, so they agree bit for bit.
+
+use crate::device::HostIsa;
+use crate::host::ternary::TernaryData;
+use crate::host::ternary_lut::{
+    LUT_ROWS, PATTERNS, SEG_BYTES, SEG_GROUPS, SIGN_OFFSET, TABLE_BYTES, block_bytes, build_table,
+    groups,
+};
+
+/// `out[t][i] = sum_c w[32 b + i][c] * q_t[c]` for the 32 rows of block `b` of `w` (rows past
+/// the matrix give 0) and `T` activation rows, where `tables[t]` is `build_table(q_t)`
+/// (`groups(w.row_len)` groups): a GEMV for `T = 1`, a GEMM's inner step for more, where each
+/// weight group's indices and signs, decoded once, serve the `T` rows. Hints for `prefetch`
+/// (the bytes wanted next, e.g. a later block) are spread over the loop.
+pub(crate) fn lut_block<const T: usize>(
+    isa: HostIsa,
+    tables: &[&[u8]; T],
+    w: &TernaryData,
+    b: usize,
+    out: &mut [[i32; LUT_ROWS]; T],
+    prefetch: &[u8],
+) {
+    let bb = block_bytes(w.row_len);
+    let g = groups(w.row_len);
+    assert!(
+        tables.iter().all(|t| t.len() >= g * TABLE_BYTES) && w.packed.len() >= (b + 1) * bb,
+        "table shorter than the row's groups, or block out of range"
+    );
+    let block = &w.packed[b * bb..(b + 1) * bb];
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        HostIsa::Avx2 | HostIsa::Avx512Vnni => {
+            // SAFETY: the device selects Avx2/Avx512Vnni only after detecting AVX2; lengths
+            // asserted above (the kernel reads `g / 16` segments of `block` and `g` tables).
+            unsafe { x86::block_avx2(tables, block, g / SEG_GROUPS, out, prefetch) };
+            // The kernel negates with a bitwise not (-v - 1): add one back per negated group.
+            let neg = w.neg.get(b * LUT_ROWS..).unwrap_or(&[]);
+            for o in out.iter_mut() {
+                for (o, &n) in o.iter_mut().zip(neg) {
+                    *o += n;
+                }
+            }
+        }
+        _ => {
+            super::prefetch(prefetch);
+            for (t, o) in tables.iter().zip(out.iter_mut()) {
+                block_scalar(t, block, g / SEG_GROUPS, o);
+            }
+        }
+    }
+}
+
+/// [`build_table`] on the device's ISA (the same bytes). `q` needs one readable byte past the
+/// last group (`3 * groups + 1` values): the AVX2 version loads four at a time.
+pub(crate) fn build_table_isa(isa: HostIsa, q: &[i8], table: &mut [u8]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        HostIsa::Avx2 | HostIsa::Avx512Vnni => {
+            assert!(
+                q.len() > 3 * (table.len() / TABLE_BYTES),
+                "activations do not cover the table's groups plus one"
+            );
+            // SAFETY: AVX2 is detected before the device selects these; lengths asserted.
+            unsafe { x86::build_table_avx2(q, table) }
+        }
+        _ => build_table(q, table),
+    }
+}
+
+/// The reference: each group's index and sign, its table entry, negated or not.
+fn block_scalar(table: &[u8], block: &[u8], segs: usize, out: &mut [i32; LUT_ROWS]) {
+    debug_assert_eq!(PATTERNS.len(), 16);
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut acc = 0i32;
+        for s in 0..segs {
+            let seg = &block[s * SEG_BYTES..(s + 1) * SEG_BYTES];
+            for w in 0..SEG_GROUPS {
+                let g = s * SEG_GROUPS + w;
+                let idx = ((seg[32 * (w / 2) + i] >> (4 * (w % 2))) & 0x0f) as usize;
+                let neg = (seg[SIGN_OFFSET + 32 * (w / 8) + i] >> (7 - w % 8)) & 1 == 1;
+                let t = &table[g * TABLE_BYTES..(g + 1) * TABLE_BYTES];
+                let v = i16::from_le_bytes([t[idx], t[16 + idx]]) as i32;
+                acc += if neg { -v } else { v };
+            }
+        }
+        *o = acc;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{LUT_ROWS, SEG_BYTES, SIGN_OFFSET, TABLE_BYTES};
+
+    /// One group's table per step: the three activations, offset to unsigned (`a + 128`), times
+    /// the patterns' signed coefficients by two `maddubs` (pairs (a0, a1) and (a2, 0)), minus
+    /// `128 * sum(pattern)`; then the 16 words split into low and high bytes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `q.len() > 3 * table.len() / 32`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn build_table_avx2(q: &[i8], table: &mut [u8]) {
+        let groups = table.len() / TABLE_BYTES;
+        debug_assert!(q.len() > 3 * groups);
+        let pat = super::PATTERNS;
+        let c01: [i8; 32] = std::array::from_fn(|j| pat[j / 2][j % 2]);
+        let c2: [i8; 32] = std::array::from_fn(|j| if j % 2 == 0 { pat[j / 2][2] } else { 0 });
+        let off: [i16; 16] =
+            std::array::from_fn(|m| 128 * pat[m].iter().map(|&v| v as i16).sum::<i16>());
+        // SAFETY: the arrays hold 32 bytes each.
+        let (c01, c2, off) = unsafe {
+            (
+                _mm256_loadu_si256(c01.as_ptr().cast()),
+                _mm256_loadu_si256(c2.as_ptr().cast()),
+                _mm256_loadu_si256(off.as_ptr().cast()),
+            )
+        };
+        let pick01 = _mm256_set1_epi16(0x0100);
+        let pick2 = _mm256_set1_epi8(2);
+        let flip = _mm256_set1_epi8(-128);
+        // Low bytes to the first 8 of each half, high bytes to the last 8; then the halves'
+        // quadwords reordered to 16 low bytes, 16 high bytes.
+        let split = _mm256_setr_epi8(
+            0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14, 1, 3,
+            5, 7, 9, 11, 13, 15,
+        );
+        let (qp, tp) = (q.as_ptr(), table.as_mut_ptr());
+        for g in 0..groups {
+            // SAFETY: 3 g + 4 <= 3 groups + 1 <= q.len(); the group's 32 table bytes are inside.
+            unsafe {
+                let a = _mm256_set1_epi32(qp.add(3 * g).cast::<i32>().read_unaligned());
+                let a = _mm256_xor_si256(a, flip);
+                let t = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(_mm256_shuffle_epi8(a, pick01), c01),
+                    _mm256_maddubs_epi16(_mm256_shuffle_epi8(a, pick2), c2),
+                );
+                let t = _mm256_shuffle_epi8(_mm256_sub_epi16(t, off), split);
+                let t = _mm256_permute4x64_epi64::<0b11_01_10_00>(t);
+                _mm256_storeu_si256(tp.add(g * TABLE_BYTES).cast(), t);
+            }
+        }
+    }
+
+    /// Segments summed in 16-bit lanes before widening: a group adds at most 3 * 128 + 1
+    /// (the bitwise not), so 5 segments of 16 groups stay below 2^15.
+    const FLUSH_SEGS: usize = 5;
+
+    /// # Safety
+    /// The CPU must support AVX2; `block` holds `segs` segments and each table `16 * segs`
+    /// groups.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn block_avx2<const T: usize>(
+        tables: &[&[u8]; T],
+        block: &[u8],
+        segs: usize,
+        out: &mut [[i32; LUT_ROWS]; T],
+        prefetch: &[u8],
+    ) {
+        debug_assert!(
+            block.len() >= segs * SEG_BYTES
+                && tables.iter().all(|t| t.len() >= segs * 16 * TABLE_BYTES)
+        );
+        let low = _mm256_set1_epi8(0x0f);
+        let zero = _mm256_setzero_si256();
+        // Per activation row: rows 0-7, 8-15, 16-23, 24-31.
+        let mut acc = [[zero; 4]; T];
+        let tp: [*const u8; T] = std::array::from_fn(|t| tables[t].as_ptr());
+        let bp = block.as_ptr();
+        let mut s = 0;
+        while s < segs {
+            let end = (s + FLUSH_SEGS).min(segs);
+            // Per activation row: rows 0-7 and 16-23 (`unpacklo` of each 128-bit half), rows
+            // 8-15 and 24-31.
+            let mut a = [zero; T];
+            let mut b = [zero; T];
+            while s < end {
+                // The same segment's bytes in `prefetch` (five lines), spread over the loop.
+                if s * SEG_BYTES < prefetch.len() {
+                    let p = prefetch.as_ptr().wrapping_add(s * SEG_BYTES);
+                    for line in 0..SEG_BYTES / 64 {
+                        // A hint never faults; the last lines may lie past the target's end.
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * line).cast());
+                    }
+                }
+                // SAFETY: s < segs: the segment's 320 bytes are inside `block`.
+                let seg = unsafe { bp.add(s * SEG_BYTES) };
+                for h in 0..2 {
+                    // SAFETY: inside the segment.
+                    let mut sg =
+                        unsafe { _mm256_loadu_si256(seg.add(SIGN_OFFSET + 32 * h).cast()) };
+                    for pp in 0..4 {
+                        let p = 4 * h + pp;
+                        // SAFETY: inside the segment.
+                        let nib = unsafe { _mm256_loadu_si256(seg.add(32 * p).cast()) };
+                        let idx = [
+                            _mm256_and_si256(nib, low),
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(nib), low),
+                        ];
+                        for (w, ix) in idx.iter().enumerate() {
+                            let g = s * 16 + 2 * p + w;
+                            // This group's sign is the top bit; doubling brings the next one up.
+                            let m = _mm256_cmpgt_epi8(zero, sg);
+                            sg = _mm256_add_epi8(sg, sg);
+                            for t in 0..T {
+                                // SAFETY: g < 16 * segs: the group's 32 table bytes are inside.
+                                let (tl, th) = unsafe {
+                                    let tb = tp[t].add(g * TABLE_BYTES);
+                                    (
+                                        _mm256_broadcastsi128_si256(_mm_loadu_si128(tb.cast())),
+                                        _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                                            tb.add(16).cast(),
+                                        )),
+                                    )
+                                };
+                                let l = _mm256_xor_si256(_mm256_shuffle_epi8(tl, *ix), m);
+                                let hh = _mm256_xor_si256(_mm256_shuffle_epi8(th, *ix), m);
+                                a[t] = _mm256_add_epi16(a[t], _mm256_unpacklo_epi8(l, hh));
+                                b[t] = _mm256_add_epi16(b[t], _mm256_unpackhi_epi8(l, hh));
+                            }
+                        }
+                    }
+                }
+                s += 1;
+            }
+            for t in 0..T {
+                let (a, b) = (a[t], b[t]);
+                let acc = &mut acc[t];
+                acc[0] = _mm256_add_epi32(acc[0], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a)));
+                acc[1] = _mm256_add_epi32(acc[1], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(b)));
+                acc[2] = _mm256_add_epi32(
+                    acc[2],
+                    _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(a)),
+                );
+                acc[3] = _mm256_add_epi32(
+                    acc[3],
+                    _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(b)),
+                );
+            }
+        }
+        for (o, acc) in out.iter_mut().zip(&acc) {
+            for (k, v) in acc.iter().enumerate() {
+                // SAFETY: o has 32 i32; k * 8 + 8 <= 32.
+                unsafe { _mm256_storeu_si256(o.as_mut_ptr().add(8 * k).cast(), *v) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::TernaryLayout;
+    use crate::host::ternary_lut::build_table;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Every ISA builds the reference's table bytes (activations over the whole i8 range).
+        #[test]
+        fn every_isa_builds_the_reference_table(
+            q in proptest::collection::vec(any::<i8>(), 1..200),
+        ) {
+            let g = groups(q.len());
+            let mut padded = q.clone();
+            padded.resize(3 * g + 1, 0);
+            let mut want = vec![0u8; g * TABLE_BYTES];
+            build_table(&q, &mut want);
+            for isa in HostIsa::supported_list() {
+                let mut got = vec![0xAAu8; g * TABLE_BYTES];
+                build_table_isa(isa, &padded, &mut got);
+                prop_assert_eq!(&got, &want, "{:?}", isa);
+            }
+        }
+
+        /// Every ISA's block GEMV equals the plain dot product of the unpacked weights, for any
+        /// shape (partial blocks and segments) and activations including -128 and 127.
+        #[test]
+        fn every_isa_matches_the_plain_dot(
+            rows in 1usize..80,
+            k in 1usize..400,
+            seed in any::<u64>(),
+            extreme in 0u8..3,
+        ) {
+            let mut s = seed;
+            let mut next = || {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s >> 33
+            };
+            let values: Vec<i8> = (0..rows * k).map(|_| (next() % 3) as i8 - 1).collect();
+            // Three activation rows: the first may be all -128 or all 127, the others random.
+            let qs: Vec<Vec<i8>> = (0..3)
+                .map(|j| {
+                    (0..k)
+                        .map(|_| match (j, extreme) {
+                            (0, 1) => -128,
+                            (0, 2) => 127,
+                            _ => (next() % 256) as u8 as i8,
+                        })
+                        .collect()
+                })
+                .collect();
+            let w = TernaryData::pack(&values, rows, k).to_layout(TernaryLayout::Lut3);
+            let tables: Vec<Vec<u8>> = qs
+                .iter()
+                .map(|q| {
+                    let mut t = vec![0u8; groups(k) * TABLE_BYTES];
+                    build_table(q, &mut t);
+                    t
+                })
+                .collect();
+            let dot = |r: usize, q: &[i8]| -> i32 {
+                if r >= rows {
+                    return 0;
+                }
+                values[r * k..(r + 1) * k].iter().zip(q).map(|(&a, &x)| a as i32 * x as i32).sum()
+            };
+            for isa in HostIsa::supported_list() {
+                for b in 0..rows.div_ceil(LUT_ROWS) {
+                    let mut one = [[0i32; LUT_ROWS]];
+                    lut_block(isa, &[&tables[0][..]], &w, b, &mut one, &w.packed);
+                    let mut three = [[0i32; LUT_ROWS]; 3];
+                    let t3 = [&tables[0][..], &tables[1][..], &tables[2][..]];
+                    lut_block(isa, &t3, &w, b, &mut three, &[]);
+                    for i in 0..LUT_ROWS {
+                        let r = b * LUT_ROWS + i;
+                        prop_assert_eq!(one[0][i], dot(r, &qs[0]), "{:?} row {}", isa, r);
+                        for (j, q) in qs.iter().enumerate() {
+                            prop_assert_eq!(three[j][i], dot(r, q), "{:?} row {} x {}", isa, r, j);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
