@@ -12,7 +12,7 @@ use super::PREFETCH_BYTES;
 use super::eltwise::SendPtr;
 use super::norm::rms_norm_row;
 use super::ternary_dot::{dot_codes, dot_codes_rows};
-use super::ternary_lut::{build_table_isa, lut_block};
+use super::ternary_lut::{build_table_isa, gemm_block, has_gemm_kernel, lut_block};
 use super::{read_f32, write_f32};
 use crate::device::{HostIsa, TernaryLayout};
 use crate::error::{Error, Result};
@@ -42,20 +42,23 @@ std::thread_local! {
     static LUT_TABLES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Bytes of `Lut3` tables for `rows` activation rows against `w` (0 for `Bits2` weights).
-fn table_bytes(w: &TernaryData, rows: usize, k: usize) -> usize {
+/// Bytes of `Lut3` tables for `rows` activation rows against `w`: 0 for `Bits2` weights, and
+/// for a GEMM that decodes the weights instead (`gemm_block`).
+fn table_bytes(isa: HostIsa, w: &TernaryData, rows: usize, k: usize) -> usize {
     match w.layout {
-        TernaryLayout::Lut3 => rows * lut::groups(k) * TABLE_BYTES,
-        TernaryLayout::Bits2 => 0,
+        TernaryLayout::Lut3 if rows < 4 || !has_gemm_kernel(isa) => {
+            rows * lut::groups(k) * TABLE_BYTES
+        }
+        _ => 0,
     }
 }
 
 /// Grows this thread's table buffer for a bitlinear of `rows` rows against `weight` when the op
 /// is built, so that running it (even first as a replay of a captured trace) allocates nothing
 /// on this thread.
-pub(crate) fn reserve_tables(weight: &HostData, rows: usize, k: usize) {
+pub(crate) fn reserve_tables(isa: HostIsa, weight: &HostData, rows: usize, k: usize) {
     if let HostData::Ternary(w) = weight {
-        let need = table_bytes(w, rows, k);
+        let need = table_bytes(isa, w, rows, k);
         LUT_TABLES.with_borrow_mut(|t| {
             if t.len() < need {
                 t.resize(need, 0);
@@ -371,7 +374,7 @@ impl HostCommand for BitLinearCmd {
         };
         // Taken for the op and put back (`take` leaves an empty Vec: no allocation).
         let mut tables = LUT_TABLES.take();
-        let table_bytes = table_bytes(w, 1, k);
+        let table_bytes = table_bytes(ctx.isa, w, rows, k) / rows.max(1);
         // Grown only (every byte used is rewritten below): no allocation once warm.
         if tables.len() < rows * table_bytes {
             tables.resize(rows * table_bytes, 0);
@@ -511,9 +514,25 @@ impl BitLinearCmd {
                         }
                         return;
                     }
-                    // A GEMM (prefill): runs of blocks that stay in L2 while every activation
-                    // row's table passes over them, four rows at a time (each weight group's
-                    // indices and signs decoded once for the four).
+                    if has_gemm_kernel(isa) {
+                        // A GEMM (prefill): each block decoded once per GEMM_ROWS activation
+                        // rows (outputs on the stack: a replay allocates nothing).
+                        let mut accs = [[0i32; LUT_ROWS]; GEMM_ROWS];
+                        for b in range {
+                            let j0 = b * LUT_ROWS;
+                            for r0 in (0..rows).step_by(GEMM_ROWS) {
+                                let rn = (rows - r0).min(GEMM_ROWS);
+                                gemm_block(isa, &q[r0 * kp..], kp, w, b, &mut accs[..rn]);
+                                for (i, a) in accs[..rn].iter().enumerate() {
+                                    put(r0 + i, j0, &a[..(n - j0).min(LUT_ROWS)], true);
+                                }
+                            }
+                        }
+                        return;
+                    }
+                    // A GEMM without that kernel: runs of blocks that stay in L2 while every
+                    // activation row's table passes over them, four rows at a time (each weight
+                    // group's indices and signs decoded once for the four).
                     let run = (LUT_GEMM_RUN_BYTES / bb).max(1);
                     let mut b0 = range.start;
                     while b0 < range.end {
@@ -591,6 +610,9 @@ impl BitLinearCmd {
         Ok(())
     }
 }
+
+/// Activation rows per `Lut3` GEMM kernel call (8 KiB of outputs on the stack).
+const GEMM_ROWS: usize = 64;
 
 /// Bytes of `Lut3` weight blocks a prefill task keeps in L2 while every activation row's table
 /// passes over them.

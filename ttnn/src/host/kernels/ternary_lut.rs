@@ -1,6 +1,8 @@
-//! The table-lookup GEMV over `Lut3` ternary weights (`host::ternary_lut`): for one block of
-//! 32 weight rows, `sum_c w[r][c] * q[c]` from the activations' table (`build_table`). Scalar
-//! and AVX2 versions (the AVX-512 path runs the AVX2 one); both exact, so they agree bit for bit.
+//! Kernels over `Lut3` ternary weights (`host::ternary_lut`), per block of 32 weight rows:
+//! the table-lookup GEMV (`lut_block`: `sum_c w[r][c] * q[c]` from the activations' table,
+//! `build_table`), and a GEMM step (`gemm_block`) that decodes the block once into code pairs
+//! and multiplies them with `maddubs` by every activation row. Scalar and AVX2 versions (the
+//! AVX-512 path runs the AVX2 ones); all exact, so they agree bit for bit.
 
 use crate::device::HostIsa;
 use crate::host::ternary::TernaryData;
@@ -50,6 +52,42 @@ pub(crate) fn lut_block<const T: usize>(
             }
         }
     }
+}
+
+/// Whether [`gemm_block`] has a kernel for `isa` (else a GEMM runs [`lut_block`] per row).
+pub(crate) fn has_gemm_kernel(isa: HostIsa) -> bool {
+    cfg!(target_arch = "x86_64") && matches!(isa, HostIsa::Avx2 | HostIsa::Avx512Vnni)
+}
+
+/// A GEMM's step over block `b` of `w` (32 weight rows) for `out.len()` activation rows `q`
+/// (rows `kp` apart, zero past `w.row_len` up to `3 * groups` values): `out[t][i] = sum_c
+/// code[32 b + i][c] * q_t[c]` with the codes `w + 1` in {0, 1, 2}, as the `Bits2` kernels
+/// (the caller subtracts each row's sum of activations). The block is decoded, 64 groups at a
+/// time, into pairs of codes per row, which `maddubs` multiplies by each activation row's pair
+/// of values: the decode is shared by every activation row, and the multiply is the `Bits2`
+/// GEMM's. Only where [`has_gemm_kernel`].
+pub(crate) fn gemm_block(
+    isa: HostIsa,
+    q: &[i8],
+    kp: usize,
+    w: &TernaryData,
+    b: usize,
+    out: &mut [[i32; LUT_ROWS]],
+) {
+    let bb = block_bytes(w.row_len);
+    let g = groups(w.row_len);
+    assert!(
+        has_gemm_kernel(isa)
+            && kp >= 3 * g
+            && q.len() >= (out.len().max(1) - 1) * kp + 3 * g
+            && w.packed.len() >= (b + 1) * bb,
+        "no GEMM kernel, activations shorter than the groups, or block out of range"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `has_gemm_kernel` (asserted) means AVX2, detected by the device; lengths asserted.
+    unsafe {
+        x86::gemm_block_avx2(q, kp, &w.packed[b * bb..(b + 1) * bb], g / SEG_GROUPS, out)
+    };
 }
 
 /// [`build_table`] on the device's ISA (the same bytes). `q` needs one readable byte past the
@@ -140,6 +178,158 @@ mod x86 {
                 let t = _mm256_shuffle_epi8(_mm256_sub_epi16(t, off), split);
                 let t = _mm256_permute4x64_epi64::<0b11_01_10_00>(t);
                 _mm256_storeu_si256(tp.add(g * TABLE_BYTES).cast(), t);
+            }
+        }
+    }
+
+    /// Segments decoded at a time by [`gemm_block_avx2`]: 64 groups, 96 pairs of values, 6 KB
+    /// of decoded codes.
+    const DEC_SEGS: usize = 4;
+    /// Pairs summed in 16-bit lanes before widening: a pair adds at most 2 * 2 * 128.
+    const PAIR_FLUSH: usize = 32;
+
+    /// See [`super::gemm_block`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `block` holds `segs` segments; `out.len()` rows of `q`, `kp`
+    /// apart, hold `48 * segs` values each.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn gemm_block_avx2(
+        q: &[i8],
+        kp: usize,
+        block: &[u8],
+        segs: usize,
+        out: &mut [[i32; LUT_ROWS]],
+    ) {
+        let pat = super::PATTERNS;
+        // Per trit position: each magnitude's value in {-1, 0, 1}.
+        let trit: [__m256i; 3] = std::array::from_fn(|p| {
+            let v: [i8; 16] = std::array::from_fn(|m| pat[m][p]);
+            // SAFETY: 16 bytes.
+            _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
+        });
+        let low = _mm256_set1_epi8(0x0f);
+        let one = _mm256_set1_epi8(1);
+        let zero = _mm256_setzero_si256();
+        // Decoded codes: per pair of values, rows 0-7 and 16-23, then 8-15 and 24-31, each row's
+        // two codes side by side (what `maddubs` pairs).
+        let mut pairs = [zero; DEC_SEGS * 24 * 2];
+        for o in out.iter_mut() {
+            *o = [0; LUT_ROWS];
+        }
+        let mut s0 = 0;
+        while s0 < segs {
+            let ns = DEC_SEGS.min(segs - s0);
+            for ds in 0..ns {
+                // SAFETY: s0 + ds < segs: the segment is inside `block`.
+                let seg = unsafe { block.as_ptr().add((s0 + ds) * SEG_BYTES) };
+                for h in 0..2 {
+                    // SAFETY: inside the segment.
+                    let mut sg =
+                        unsafe { _mm256_loadu_si256(seg.add(SIGN_OFFSET + 32 * h).cast()) };
+                    for pp in 0..4 {
+                        let p = 4 * h + pp;
+                        // SAFETY: inside the segment.
+                        let nib = unsafe { _mm256_loadu_si256(seg.add(32 * p).cast()) };
+                        let idx = [
+                            _mm256_and_si256(nib, low),
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(nib), low),
+                        ];
+                        // Codes of the two groups' six values (value + 1, sign applied).
+                        let mut c = [zero; 6];
+                        for (w, ix) in idx.iter().enumerate() {
+                            // +1 or -1 per row: this group's sign is the top bit of `sg`.
+                            let sign = _mm256_or_si256(_mm256_cmpgt_epi8(zero, sg), one);
+                            sg = _mm256_add_epi8(sg, sg);
+                            for (t, tr) in trit.iter().enumerate() {
+                                let v = _mm256_sign_epi8(_mm256_shuffle_epi8(*tr, *ix), sign);
+                                c[3 * w + t] = _mm256_add_epi8(v, one);
+                            }
+                        }
+                        let base = 2 * (24 * ds + 3 * p);
+                        for k in 0..3 {
+                            let (x, y) = (c[2 * k], c[2 * k + 1]);
+                            pairs[base + 2 * k] = _mm256_unpacklo_epi8(x, y);
+                            pairs[base + 2 * k + 1] = _mm256_unpackhi_epi8(x, y);
+                        }
+                    }
+                }
+            }
+            let npairs = 24 * ns;
+            // The window's first value.
+            let v0 = 48 * s0;
+            let mut t = 0;
+            while t + 4 <= out.len() {
+                // SAFETY: rows t..t + 4 exist; the window's values are inside each (contract).
+                unsafe {
+                    pairs_times_rows::<4>(&pairs[..2 * npairs], q, kp, t, v0, &mut out[t..t + 4])
+                };
+                t += 4;
+            }
+            while t < out.len() {
+                // SAFETY: as above, for one row.
+                unsafe {
+                    pairs_times_rows::<1>(&pairs[..2 * npairs], q, kp, t, v0, &mut out[t..t + 1])
+                };
+                t += 1;
+            }
+            s0 += ns;
+        }
+    }
+
+    /// `out[j] += codes . q_{t + j}` over the decoded `pairs` (starting at value `v0`), for `T`
+    /// activation rows at once (each pair of code vectors loaded once for the `T`).
+    ///
+    /// # Safety
+    /// AVX2; rows `t..t + T` of `q` (`kp` apart) hold values `v0..v0 + pairs.len()`.
+    #[target_feature(enable = "avx2")]
+    unsafe fn pairs_times_rows<const T: usize>(
+        pairs: &[__m256i],
+        q: &[i8],
+        kp: usize,
+        t: usize,
+        v0: usize,
+        out: &mut [[i32; LUT_ROWS]],
+    ) {
+        let zero = _mm256_setzero_si256();
+        let npairs = pairs.len() / 2;
+        let rows: [*const i8; T] = std::array::from_fn(|j| {
+            // SAFETY: row t + j starts inside `q` (contract).
+            unsafe { q.as_ptr().add((t + j) * kp + v0) }
+        });
+        let mut i = 0;
+        while i < npairs {
+            let end = (i + PAIR_FLUSH).min(npairs);
+            let mut lo = [zero; T];
+            let mut hi = [zero; T];
+            while i < end {
+                let (pl, ph) = (pairs[2 * i], pairs[2 * i + 1]);
+                for j in 0..T {
+                    // SAFETY: values 2 i and 2 i + 1 of the window are inside row t + j.
+                    let a = _mm256_set1_epi16(unsafe {
+                        rows[j].add(2 * i).cast::<i16>().read_unaligned()
+                    });
+                    lo[j] = _mm256_add_epi16(lo[j], _mm256_maddubs_epi16(pl, a));
+                    hi[j] = _mm256_add_epi16(hi[j], _mm256_maddubs_epi16(ph, a));
+                }
+                i += 1;
+            }
+            for j in 0..T {
+                let o = &mut out[j];
+                let parts = [
+                    (0, _mm256_castsi256_si128(lo[j])),
+                    (8, _mm256_castsi256_si128(hi[j])),
+                    (16, _mm256_extracti128_si256::<1>(lo[j])),
+                    (24, _mm256_extracti128_si256::<1>(hi[j])),
+                ];
+                for (r0, v) in parts {
+                    // SAFETY: r0 + 8 <= 32: inside the output row.
+                    unsafe {
+                        let p = o.as_mut_ptr().add(r0).cast::<__m256i>();
+                        let sum = _mm256_add_epi32(_mm256_loadu_si256(p), _mm256_cvtepi16_epi32(v));
+                        _mm256_storeu_si256(p, sum);
+                    }
+                }
             }
         }
     }
@@ -317,6 +507,26 @@ mod tests {
                 }
                 values[r * k..(r + 1) * k].iter().zip(q).map(|(&a, &x)| a as i32 * x as i32).sum()
             };
+            // The GEMM kernel: five activation rows (a quad and one), codes times values.
+            let kp = 3 * groups(k) + 1;
+            let mut q5 = vec![0i8; 5 * kp];
+            for (j, row) in q5.chunks_exact_mut(kp).enumerate() {
+                row[..k].copy_from_slice(&qs[j % 3]);
+            }
+            for isa in HostIsa::supported_list().into_iter().filter(|&i| has_gemm_kernel(i)) {
+                for b in 0..rows.div_ceil(LUT_ROWS) {
+                    let mut out = [[0i32; LUT_ROWS]; 5];
+                    gemm_block(isa, &q5, kp, &w, b, &mut out);
+                    for (j, o) in out.iter().enumerate() {
+                        let q = &qs[j % 3];
+                        let qsum: i32 = q.iter().map(|&v| v as i32).sum();
+                        for (i, &got) in o.iter().enumerate() {
+                            let r = b * LUT_ROWS + i;
+                            prop_assert_eq!(got, dot(r, q) + qsum, "{:?} gemm row {} x {}", isa, r, j);
+                        }
+                    }
+                }
+            }
             for isa in HostIsa::supported_list() {
                 for b in 0..rows.div_ceil(LUT_ROWS) {
                     let mut one = [[0i32; LUT_ROWS]];
