@@ -258,16 +258,25 @@ fn rows_kernel(
     let out_len = o.len();
     // Decode (one or two rows of A) streams B once from DRAM: ask for rows ahead of use.
     let ahead = (m <= 2).then(|| prefetch_rows_ahead(b.row_bytes(k)));
+    // Batch and column of a global column; one batch (every decode step) needs no division,
+    // which was a 64-bit `div` per lm_head row.
+    let split = |col: usize| {
+        if d.batch == 1 {
+            (0, col)
+        } else {
+            (col / n, col % n)
+        }
+    };
     let kernel = |range: std::ops::Range<usize>| {
         for col in range.clone() {
-            let (bi, j) = (col / n, col % n);
+            let (bi, j) = split(col);
             let b_row = b.row(if d.bcast_b { j } else { bi * n + j }, k);
             // The row `ahead` columns on (in this task's range), to prefetch.
             let next = ahead
                 .map(|ahead| col + ahead)
                 .filter(|&next| next < range.end)
                 .map(|next| {
-                    let (nbi, nj) = (next / n, next % n);
+                    let (nbi, nj) = split(next);
                     b.row(if d.bcast_b { nj } else { nbi * n + nj }, k)
                 });
             let bias_j = bias.map(|v| v[j]);
