@@ -182,6 +182,43 @@ mod x86 {
         }
     }
 
+    /// The index vectors (32 rows each) of groups `2p` and `2p + 1` of the segment at `seg`.
+    ///
+    /// # Safety
+    /// AVX2; `seg` points to a whole segment and `p < 8`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn group_indices(seg: *const u8, p: usize) -> [__m256i; 2] {
+        let low = _mm256_set1_epi8(0x0f);
+        // SAFETY: the 32 bytes at 32 p are inside the segment (contract).
+        let nib = unsafe { _mm256_loadu_si256(seg.add(32 * p).cast()) };
+        [
+            _mm256_and_si256(nib, low),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(nib), low),
+        ]
+    }
+
+    /// The sign bytes of groups `8h..8h + 8` of the segment at `seg` (for [`next_sign`]).
+    ///
+    /// # Safety
+    /// AVX2; `seg` points to a whole segment and `h < 2`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn group_signs(seg: *const u8, h: usize) -> __m256i {
+        // SAFETY: the 32 sign bytes are inside the segment (contract).
+        unsafe { _mm256_loadu_si256(seg.add(SIGN_OFFSET + 32 * h).cast()) }
+    }
+
+    /// The next group's negation mask (0xFF where negated): the top bit of `sg`, which then
+    /// doubles to bring the following group's sign up.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn next_sign(sg: &mut __m256i) -> __m256i {
+        let m = _mm256_cmpgt_epi8(_mm256_setzero_si256(), *sg);
+        *sg = _mm256_add_epi8(*sg, *sg);
+        m
+    }
+
     /// Segments decoded at a time by [`gemm_block_avx2`]: 64 groups, 96 pairs of values, 6 KB
     /// of decoded codes.
     const DEC_SEGS: usize = 4;
@@ -208,7 +245,6 @@ mod x86 {
             // SAFETY: 16 bytes.
             _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
         });
-        let low = _mm256_set1_epi8(0x0f);
         let one = _mm256_set1_epi8(1);
         let zero = _mm256_setzero_si256();
         // Decoded codes: per pair of values, rows 0-7 and 16-23, then 8-15 and 24-31, each row's
@@ -224,23 +260,17 @@ mod x86 {
                 // SAFETY: s0 + ds < segs: the segment is inside `block`.
                 let seg = unsafe { block.as_ptr().add((s0 + ds) * SEG_BYTES) };
                 for h in 0..2 {
-                    // SAFETY: inside the segment.
-                    let mut sg =
-                        unsafe { _mm256_loadu_si256(seg.add(SIGN_OFFSET + 32 * h).cast()) };
+                    // SAFETY: a whole segment, h < 2.
+                    let mut sg = unsafe { group_signs(seg, h) };
                     for pp in 0..4 {
                         let p = 4 * h + pp;
-                        // SAFETY: inside the segment.
-                        let nib = unsafe { _mm256_loadu_si256(seg.add(32 * p).cast()) };
-                        let idx = [
-                            _mm256_and_si256(nib, low),
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(nib), low),
-                        ];
+                        // SAFETY: a whole segment, p < 8.
+                        let idx = unsafe { group_indices(seg, p) };
                         // Codes of the two groups' six values (value + 1, sign applied).
                         let mut c = [zero; 6];
                         for (w, ix) in idx.iter().enumerate() {
-                            // +1 or -1 per row: this group's sign is the top bit of `sg`.
-                            let sign = _mm256_or_si256(_mm256_cmpgt_epi8(zero, sg), one);
-                            sg = _mm256_add_epi8(sg, sg);
+                            // +1 or -1 per row.
+                            let sign = _mm256_or_si256(next_sign(&mut sg), one);
                             for (t, tr) in trit.iter().enumerate() {
                                 let v = _mm256_sign_epi8(_mm256_shuffle_epi8(*tr, *ix), sign);
                                 c[3 * w + t] = _mm256_add_epi8(v, one);
@@ -353,7 +383,6 @@ mod x86 {
             block.len() >= segs * SEG_BYTES
                 && tables.iter().all(|t| t.len() >= segs * 16 * TABLE_BYTES)
         );
-        let low = _mm256_set1_epi8(0x0f);
         let zero = _mm256_setzero_si256();
         // Per activation row: rows 0-7, 8-15, 16-23, 24-31.
         let mut acc = [[zero; 4]; T];
@@ -378,22 +407,15 @@ mod x86 {
                 // SAFETY: s < segs: the segment's 320 bytes are inside `block`.
                 let seg = unsafe { bp.add(s * SEG_BYTES) };
                 for h in 0..2 {
-                    // SAFETY: inside the segment.
-                    let mut sg =
-                        unsafe { _mm256_loadu_si256(seg.add(SIGN_OFFSET + 32 * h).cast()) };
+                    // SAFETY: a whole segment, h < 2.
+                    let mut sg = unsafe { group_signs(seg, h) };
                     for pp in 0..4 {
                         let p = 4 * h + pp;
-                        // SAFETY: inside the segment.
-                        let nib = unsafe { _mm256_loadu_si256(seg.add(32 * p).cast()) };
-                        let idx = [
-                            _mm256_and_si256(nib, low),
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(nib), low),
-                        ];
+                        // SAFETY: a whole segment, p < 8.
+                        let idx = unsafe { group_indices(seg, p) };
                         for (w, ix) in idx.iter().enumerate() {
                             let g = s * 16 + 2 * p + w;
-                            // This group's sign is the top bit; doubling brings the next one up.
-                            let m = _mm256_cmpgt_epi8(zero, sg);
-                            sg = _mm256_add_epi8(sg, sg);
+                            let m = next_sign(&mut sg);
                             for t in 0..T {
                                 // SAFETY: g < 16 * segs: the group's 32 table bytes are inside.
                                 let (tl, th) = unsafe {
