@@ -12,13 +12,15 @@ use super::PREFETCH_BYTES;
 use super::eltwise::SendPtr;
 use super::norm::rms_norm_row;
 use super::ternary_dot::{dot_codes, dot_codes_rows};
-use super::ternary_lut::{build_table_isa, gemm_block, has_gemm_kernel, lut_block};
+use super::ternary_lut::{
+    build_table_isa, gemm_block, has_gemm_kernel, lut_block, table_group_bytes,
+};
 use super::{read_f32, write_f32};
 use crate::device::{HostIsa, TernaryLayout};
 use crate::error::{Error, Result};
 use crate::host::data::HostData;
 use crate::host::ternary::{CHUNK, CHUNK_BYTES, TernaryData};
-use crate::host::ternary_lut::{self as lut, LUT_ROWS, TABLE_BYTES};
+use crate::host::ternary_lut::{self as lut, LUT_ROWS};
 use crate::host::{HostBuffer, HostCommand, HostCtx};
 use crate::ops::bitlinear::WeightScaleMode;
 
@@ -39,7 +41,22 @@ std::thread_local! {
     /// The `Lut3` tables of the current bitlinear's activation rows: one buffer per calling
     /// thread, shared by every command it runs (a buffer per command would keep 74 KB per
     /// bitlinear of a captured decode resident), grown once and then reused without allocating.
-    static LUT_TABLES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static LUT_TABLES: std::cell::RefCell<Vec<TableLine>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// 64 bytes of `Lut3` tables, cache-line aligned: every row's table starts on a line (its
+/// size is a multiple of 512 bytes), so the AVX-512 kernel's 64-byte table loads never split
+/// a line (a `Vec<u8>` from the allocator is only 16-byte aligned).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct TableLine([u8; 64]);
+
+/// `lines` as bytes.
+fn line_bytes(lines: &mut [TableLine]) -> &mut [u8] {
+    // SAFETY: `TableLine` is 64 plain bytes (repr(C), size 64, no padding): the lines are
+    // `64 * len` initialized bytes, borrowed mutably for the slice's lifetime.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), 64 * lines.len()) }
 }
 
 /// Bytes of `Lut3` tables for `rows` activation rows against `w`: 0 for `Bits2` weights, and
@@ -47,7 +64,7 @@ std::thread_local! {
 fn table_bytes(isa: HostIsa, w: &TernaryData, rows: usize, k: usize) -> usize {
     match w.layout {
         TernaryLayout::Lut3 if rows < 4 || !has_gemm_kernel(isa) => {
-            rows * lut::groups(k) * TABLE_BYTES
+            rows * lut::groups(k) * table_group_bytes(isa)
         }
         _ => 0,
     }
@@ -60,8 +77,8 @@ pub(crate) fn reserve_tables(isa: HostIsa, weight: &HostData, rows: usize, k: us
     if let HostData::Ternary(w) = weight {
         let need = table_bytes(isa, w, rows, k);
         LUT_TABLES.with_borrow_mut(|t| {
-            if t.len() < need {
-                t.resize(need, 0);
+            if t.len() < need.div_ceil(64) {
+                t.resize(need.div_ceil(64), TableLine([0; 64]));
             }
         });
     }
@@ -243,17 +260,41 @@ struct RowNorm<'a> {
     out: SendPtr<f32>,
 }
 
-/// Where [`quantize_rows`] writes each row's `Lut3` table: `bytes` per row.
-#[derive(Clone, Copy)]
-struct TableOut {
-    ptr: SendPtr<u8>,
-    bytes: usize,
+/// Groups per task of [`build_tables`] (a multiple of a segment's 16).
+const TABLE_TASK_GROUPS: usize = 256;
+
+/// Builds the `Lut3` table of each of the quantized rows of `q` (`kp` apart) into `tables`
+/// (`bytes` per row), split by groups over the pool. One thread writing a decode step's
+/// tables (up to 147 KB for K = 6912 on AVX-512, in lines the weights just evicted) while the
+/// others waited took 5 % of a 2-thread decode.
+fn build_tables(ctx: &HostCtx<'_>, q: &[i8], kp: usize, tables: &mut [u8], bytes: usize) {
+    let (isa, gb) = (ctx.isa, table_group_bytes(ctx.isa));
+    let groups = bytes / gb;
+    let per_row = groups.div_ceil(TABLE_TASK_GROUPS);
+    let rows = tables.len() / bytes.max(1);
+    let tp = SendPtr(tables.as_mut_ptr());
+    let task = |i: usize| {
+        let (r, g0) = (i / per_row, (i % per_row) * TABLE_TASK_GROUPS);
+        let g1 = (g0 + TABLE_TASK_GROUPS).min(groups);
+        assert!(
+            r < rows && r * kp + 3 * g1 < q.len(),
+            "table task out of range"
+        );
+        // SAFETY: bytes r * bytes + [g0 gb, g1 gb) are inside `tables` (r < rows, g1 <= groups);
+        // each task writes its own groups of its own row only, and `tables` outlives the
+        // parallel region.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(tp.get().add(r * bytes + g0 * gb), (g1 - g0) * gb)
+        };
+        // A group's entries depend on its own three values only; the builder reads one more.
+        build_table_isa(isa, &q[r * kp + 3 * g0..r * kp + 3 * g1 + 1], dst);
+    };
+    ctx.pool.run(rows * per_row, &task);
 }
 
 /// Quantizes `rows` rows of `k` values into `q` (rows `kp >= k` apart, the tail zero) and
 /// `scales`, and records each row's sum of codes in `qsums` (parallel over rows when large).
-/// With `norm`, each row is RMS-normalized first; with `tables`, each row's `Lut3` table is
-/// built right after it is quantized.
+/// With `norm`, each row is RMS-normalized first.
 #[allow(clippy::too_many_arguments)] // the scratch outputs of one op, each its own buffer
 fn quantize_rows(
     ctx: &HostCtx<'_>,
@@ -264,7 +305,6 @@ fn quantize_rows(
     scales: &mut [f32],
     qsums: &mut [i32],
     norm: Option<RowNorm<'_>>,
-    tables: Option<TableOut>,
 ) {
     let rows = scales.len();
     let one = |r: usize, qr: &mut [i8], s: &mut f32, qs: &mut i32| {
@@ -285,13 +325,6 @@ fn quantize_rows(
         *s = quantize_row_int8_isa(ctx.isa, xr, &mut qr[..k]);
         qr[k..].fill(0);
         *qs = qr[..k].iter().map(|&v| v as i32).sum();
-        if let Some(t) = tables {
-            // SAFETY: the table buffer holds `rows * t.bytes` bytes and r < rows; row r's table is
-            // written by this call only; the buffer outlives the parallel region.
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(t.ptr.get().add(r * t.bytes), t.bytes) };
-            build_table_isa(ctx.isa, qr, dst);
-        }
     };
     if rows * k < QUANT_PAR_MIN || ctx.pool.num_threads() == 1 {
         for (r, ((qr, s), qs)) in q
@@ -373,12 +406,13 @@ impl HostCommand for BitLinearCmd {
             }
         };
         // Taken for the op and put back (`take` leaves an empty Vec: no allocation).
-        let mut tables = LUT_TABLES.take();
+        let mut lines = LUT_TABLES.take();
         let table_bytes = table_bytes(ctx.isa, w, rows, k) / rows.max(1);
         // Grown only (every byte used is rewritten below): no allocation once warm.
-        if tables.len() < rows * table_bytes {
-            tables.resize(rows * table_bytes, 0);
+        if lines.len() < (rows * table_bytes).div_ceil(64) {
+            lines.resize((rows * table_bytes).div_ceil(64), TableLine([0; 64]));
         }
+        let tables = line_bytes(&mut lines);
         // The activation side in a scope of its own: its read guards end before the multiply.
         {
             let gi = self.input.read();
@@ -428,14 +462,19 @@ impl HostCommand for BitLinearCmd {
                 &mut self.scales,
                 &mut self.qsums,
                 norm,
-                (table_bytes > 0).then_some(TableOut {
-                    ptr: SendPtr(tables.as_mut_ptr()),
-                    bytes: table_bytes,
-                }),
+            );
+        }
+        if table_bytes > 0 {
+            build_tables(
+                ctx,
+                &self.q,
+                kp,
+                &mut tables[..rows * table_bytes],
+                table_bytes,
             );
         }
         let r = self.multiply(ctx, w, klen, &tables[..rows * table_bytes], table_bytes);
-        LUT_TABLES.set(tables);
+        LUT_TABLES.set(lines);
         r
     }
 }
@@ -502,10 +541,10 @@ impl BitLinearCmd {
                     let task = &w.packed[range.start * bb..range.end * bb];
                     if rows < 4 {
                         // A GEMV (decode): the blocks in order, one sequential stream, with the
-                        // bytes `ahead` prefetched (within the task's blocks).
+                        // bytes LUT_PREFETCH_BYTES ahead prefetched (within the task's blocks).
                         let mut accs = [[0i32; LUT_ROWS]];
                         for b in range.clone() {
-                            let start = (b - range.start) * bb + ahead;
+                            let start = (b - range.start) * bb + LUT_PREFETCH_BYTES;
                             let pf = &task[start.min(task.len())..(start + bb).min(task.len())];
                             for r in 0..rows {
                                 lut_block(isa, &[table(r)], w, b, &mut accs, pf);
@@ -610,6 +649,13 @@ impl BitLinearCmd {
         Ok(())
     }
 }
+
+/// How far ahead the `Lut3` GEMV prefetches its weights, into L2 (`_MM_HINT_T1`). Hints to L1
+/// 4-8 KiB ahead left the stream's misses serialized with the table lookups: from DRAM the
+/// kernel ran at about 1 / (1 / compute + 1 / bandwidth). Into L2, 16 KiB ahead, the two
+/// overlap (criterion dram_8x_ffn_gate, AVX-512: 1 thread 8.6-9.7 -> 17.9 GB/s, 2 threads
+/// 16-22 -> 30.8 GB/s; a plain read streams 25 and 28-31 GB/s on this machine).
+const LUT_PREFETCH_BYTES: usize = 16 << 10;
 
 /// Activation rows per `Lut3` GEMM kernel call (8 KiB of outputs on the stack).
 const GEMM_ROWS: usize = 64;

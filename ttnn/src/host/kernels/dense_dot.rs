@@ -356,10 +356,11 @@ mod x86 {
         let mut sc = [0f32; 8];
         while g + 8 <= groups {
             if g * GROUP < pf_len {
-                // A hint never faults or writes; the addresses use wrapping arithmetic (the
-                // second line may lie past the target's end).
-                _mm_prefetch::<_MM_HINT_T0>(pf_m.wrapping_add(g * GROUP).cast());
-                _mm_prefetch::<_MM_HINT_T0>(pf_m.wrapping_add(g * GROUP + 64).cast());
+                // Into L2 (see GEMV_PREFETCH_BYTES). A hint never faults or writes; the
+                // addresses use wrapping arithmetic (the second line may lie past the target's
+                // end).
+                _mm_prefetch::<_MM_HINT_T1>(pf_m.wrapping_add(g * GROUP).cast());
+                _mm_prefetch::<_MM_HINT_T1>(pf_m.wrapping_add(g * GROUP + 64).cast());
             }
             // SAFETY: g + 8 <= groups: eight exponent bytes.
             let e8 = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(ep.add(g).cast()) });
