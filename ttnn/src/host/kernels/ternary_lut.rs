@@ -1,8 +1,9 @@
 //! Kernels over `Lut3` ternary weights (`host::ternary_lut`), per block of 32 weight rows:
 //! the table-lookup GEMV (`lut_block`: `sum_c w[r][c] * q[c]` from the activations' table,
 //! `build_table`), and a GEMM step (`gemm_block`) that decodes the block once into code pairs
-//! and multiplies them with `maddubs` by every activation row. Scalar, AVX2 and (GEMV, where
-//! the CPU has VBMI and GFNI) AVX-512 versions; all exact, so they agree bit for bit.
+//! and multiplies them with `maddubs` (AVX2) or `vpdpbusd` (AVX-512 VNNI) by every activation
+//! row. Scalar, AVX2 and AVX-512 versions (the GEMV's where the CPU also has VBMI and GFNI);
+//! all exact, so they agree bit for bit.
 
 use crate::device::HostIsa;
 use crate::host::ternary::TernaryData;
@@ -121,10 +122,18 @@ pub(crate) fn gemm_block(
         "no GEMM kernel, activations shorter than the groups, or block out of range"
     );
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `has_gemm_kernel` (asserted) means AVX2, detected by the device; lengths asserted.
-    unsafe {
-        x86::gemm_block_avx2(q, kp, &w.packed[b * bb..(b + 1) * bb], g / SEG_GROUPS, out)
-    };
+    {
+        let block = &w.packed[b * bb..(b + 1) * bb];
+        if isa == HostIsa::Avx512Vnni {
+            // SAFETY: the device selects Avx512Vnni only after detecting AVX-512 F/BW/VNNI
+            // and AVX2; lengths asserted.
+            unsafe { x86::gemm_block_avx512(q, kp, block, g / SEG_GROUPS, out) };
+        } else {
+            // SAFETY: `has_gemm_kernel` (asserted) means AVX2, detected by the device; lengths
+            // asserted.
+            unsafe { x86::gemm_block_avx2(q, kp, block, g / SEG_GROUPS, out) };
+        }
+    }
 }
 
 /// [`build_table`] on the device's ISA, in its layout ([`table_group_bytes`]: the same bytes
@@ -701,6 +710,152 @@ mod x86 {
             }
         }
     }
+    /// [`gemm_block_avx2`] with AVX-512 VNNI: the block's codes decoded the same way, then
+    /// transposed so that each 32-bit lane holds four consecutive values of one row, which
+    /// `vpdpbusd` multiplies by four activations and adds in one instruction (the AVX2 kernel
+    /// needs a `maddubs` and a 16-bit add per two values, and flushes to 32 bits).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VNNI; as [`gemm_block_avx2`] otherwise.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn gemm_block_avx512(
+        q: &[i8],
+        kp: usize,
+        block: &[u8],
+        segs: usize,
+        out: &mut [[i32; LUT_ROWS]],
+    ) {
+        let pat = super::PATTERNS;
+        let trit: [__m256i; 3] = std::array::from_fn(|p| {
+            let v: [i8; 16] = std::array::from_fn(|m| pat[m][p]);
+            // SAFETY: 16 bytes.
+            _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
+        });
+        let one = _mm256_set1_epi8(1);
+        let zero = _mm256_setzero_si256();
+        // Qwords of rows 0-3 and 4-7 of [d0, d1] and 8-11, 12-15 of [d2, d3] (see below), then
+        // rows 16-19, 20-23, 24-27, 28-31.
+        let low = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13);
+        let high = _mm512_setr_epi64(2, 3, 6, 7, 10, 11, 14, 15);
+        // Per quad of values (4j..4j + 4 of the window): rows 0-15, then 16-31, each row's four
+        // codes in a 32-bit lane.
+        let mut quads = [_mm512_setzero_si512(); DEC_SEGS * 12 * 2];
+        for o in out.iter_mut() {
+            *o = [0; LUT_ROWS];
+        }
+        let mut s0 = 0;
+        while s0 < segs {
+            let ns = DEC_SEGS.min(segs - s0);
+            for ds in 0..ns {
+                // SAFETY: s0 + ds < segs: the segment is inside `block`.
+                let seg = unsafe { block.as_ptr().add((s0 + ds) * SEG_BYTES) };
+                // The segment's 48 values: codes (value + 1) of rows 0-31.
+                let mut vals = [zero; 48];
+                for h in 0..2 {
+                    // SAFETY: a whole segment, h < 2.
+                    let mut sg = unsafe { group_signs(seg, h) };
+                    for pp in 0..4 {
+                        let p = 4 * h + pp;
+                        // SAFETY: a whole segment, p < 8.
+                        let idx = unsafe { group_indices(seg, p) };
+                        for (w, ix) in idx.iter().enumerate() {
+                            let sign = _mm256_or_si256(next_sign(&mut sg), one);
+                            for (t, tr) in trit.iter().enumerate() {
+                                let v = _mm256_sign_epi8(_mm256_shuffle_epi8(*tr, *ix), sign);
+                                vals[3 * (2 * p + w) + t] = _mm256_add_epi8(v, one);
+                            }
+                        }
+                    }
+                }
+                for j in 0..12 {
+                    let v = &vals[4 * j..4 * j + 4];
+                    // Per 128-bit half (rows 0-15, rows 16-31): a 4 x 4 byte transpose.
+                    let (t0, t1) = (
+                        _mm256_unpacklo_epi8(v[0], v[1]),
+                        _mm256_unpackhi_epi8(v[0], v[1]),
+                    );
+                    let (t2, t3) = (
+                        _mm256_unpacklo_epi8(v[2], v[3]),
+                        _mm256_unpackhi_epi8(v[2], v[3]),
+                    );
+                    // Rows 0-3 | 16-19, 4-7 | 20-23, 8-11 | 24-27, 12-15 | 28-31.
+                    let d01 = _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(_mm256_unpacklo_epi16(t0, t2)),
+                        _mm256_unpackhi_epi16(t0, t2),
+                    );
+                    let d23 = _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(_mm256_unpacklo_epi16(t1, t3)),
+                        _mm256_unpackhi_epi16(t1, t3),
+                    );
+                    let i = 2 * (12 * ds + j);
+                    quads[i] = _mm512_permutex2var_epi64(d01, low, d23);
+                    quads[i + 1] = _mm512_permutex2var_epi64(d01, high, d23);
+                }
+            }
+            let quads = &quads[..2 * 12 * ns];
+            // The window's first value.
+            let v0 = 48 * s0;
+            let mut t = 0;
+            while t + 8 <= out.len() {
+                // SAFETY: rows t..t + 8 exist; the window's values are inside each (contract).
+                unsafe { quads_times_rows::<8>(quads, q, kp, t, v0, &mut out[t..t + 8]) };
+                t += 8;
+            }
+            if t + 4 <= out.len() {
+                // SAFETY: as above, for four rows.
+                unsafe { quads_times_rows::<4>(quads, q, kp, t, v0, &mut out[t..t + 4]) };
+                t += 4;
+            }
+            while t < out.len() {
+                // SAFETY: as above, for one row.
+                unsafe { quads_times_rows::<1>(quads, q, kp, t, v0, &mut out[t..t + 1]) };
+                t += 1;
+            }
+            s0 += ns;
+        }
+    }
+
+    /// `out[j] += codes . q_{t + j}` over the decoded `quads` (starting at value `v0`), for `T`
+    /// activation rows at once (each pair of code vectors loaded once for the `T`).
+    ///
+    /// # Safety
+    /// AVX-512 F/VNNI; rows `t..t + T` of `q` (`kp` apart) hold values `v0..v0 + 2 *
+    /// quads.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn quads_times_rows<const T: usize>(
+        quads: &[__m512i],
+        q: &[i8],
+        kp: usize,
+        t: usize,
+        v0: usize,
+        out: &mut [[i32; LUT_ROWS]],
+    ) {
+        let rows: [*const i8; T] = std::array::from_fn(|j| {
+            // SAFETY: row t + j starts inside `q` (contract).
+            unsafe { q.as_ptr().add((t + j) * kp + v0) }
+        });
+        let mut lo = [_mm512_setzero_si512(); T];
+        let mut hi = [_mm512_setzero_si512(); T];
+        for (i, z) in quads.chunks_exact(2).enumerate() {
+            for j in 0..T {
+                // SAFETY: values 4 i..4 i + 4 of the window are inside row t + j.
+                let a =
+                    _mm512_set1_epi32(unsafe { rows[j].add(4 * i).cast::<i32>().read_unaligned() });
+                lo[j] = _mm512_dpbusd_epi32(lo[j], z[0], a);
+                hi[j] = _mm512_dpbusd_epi32(hi[j], z[1], a);
+            }
+        }
+        for j in 0..T {
+            let p = out[j].as_mut_ptr();
+            // SAFETY: each output row holds 32 i32: 16 at 0 and 16 at 16.
+            unsafe {
+                let l = _mm512_add_epi32(_mm512_loadu_si512(p.cast()), lo[j]);
+                _mm512_storeu_si512(p.cast(), l);
+                let h = _mm512_add_epi32(_mm512_loadu_si512(p.add(16).cast()), hi[j]);
+                _mm512_storeu_si512(p.add(16).cast(), h);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -800,16 +955,16 @@ mod tests {
                 }
                 values[r * k..(r + 1) * k].iter().zip(q).map(|(&a, &x)| a as i32 * x as i32).sum()
             };
-            // The GEMM kernel: five activation rows (a quad and one), codes times values.
+            // The GEMM kernel: 13 activation rows (8, 4 and 1 at a time), codes times values.
             let kp = 3 * groups(k) + 1;
-            let mut q5 = vec![0i8; 5 * kp];
-            for (j, row) in q5.chunks_exact_mut(kp).enumerate() {
+            let mut q13 = vec![0i8; 13 * kp];
+            for (j, row) in q13.chunks_exact_mut(kp).enumerate() {
                 row[..k].copy_from_slice(&qs[j % 3]);
             }
             for isa in HostIsa::supported_list().into_iter().filter(|&i| has_gemm_kernel(i)) {
                 for b in 0..rows.div_ceil(LUT_ROWS) {
-                    let mut out = [[0i32; LUT_ROWS]; 5];
-                    gemm_block(isa, &q5, kp, &w, b, &mut out);
+                    let mut out = [[0i32; LUT_ROWS]; 13];
+                    gemm_block(isa, &q13, kp, &w, b, &mut out);
                     for (j, o) in out.iter().enumerate() {
                         let q = &qs[j % 3];
                         let qsum: i32 = q.iter().map(|&v| v as i32).sum();
