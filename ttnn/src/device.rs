@@ -91,7 +91,8 @@ pub enum HostIsa {
     Scalar,
     /// x86-64 AVX2 with FMA (256-bit integer SIMD, `maddubs`; every AVX2 CPU has FMA).
     Avx2,
-    /// x86-64 AVX-512 F/BW with VNNI (`vpdpbusd`).
+    /// x86-64 AVX-512 F/BW with VNNI (`vpdpbusd`). Where the CPU also has VBMI and GFNI (Ice
+    /// Lake, Zen 4 and later), the `Lut3` GEMV uses them too; otherwise it runs the AVX2 one.
     Avx512Vnni,
 }
 
