@@ -277,6 +277,56 @@ mod x86 {
         m
     }
 
+    /// The codes (value + 1, in {0, 1, 2}) of the 48 values of the segment at `seg`, 32 rows
+    /// each: the GEMMs' decode.
+    ///
+    /// # Safety
+    /// AVX2; `seg` points to a whole segment.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn segment_codes(seg: *const u8) -> [__m256i; 48] {
+        let pat = super::PATTERNS;
+        // Per trit position: each magnitude's value in {-1, 0, 1}.
+        let trit: [__m256i; 3] = std::array::from_fn(|p| {
+            let v: [i8; 16] = std::array::from_fn(|m| pat[m][p]);
+            // SAFETY: 16 bytes.
+            _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
+        });
+        let one = _mm256_set1_epi8(1);
+        let mut vals = [_mm256_setzero_si256(); 48];
+        for h in 0..2 {
+            // SAFETY: a whole segment (contract), h < 2.
+            let mut sg = unsafe { group_signs(seg, h) };
+            for pp in 0..4 {
+                let p = 4 * h + pp;
+                // SAFETY: a whole segment (contract), p < 8.
+                let idx = unsafe { group_indices(seg, p) };
+                for (w, ix) in idx.iter().enumerate() {
+                    // +1 or -1 per row.
+                    let sign = _mm256_or_si256(next_sign(&mut sg), one);
+                    for (t, tr) in trit.iter().enumerate() {
+                        let v = _mm256_sign_epi8(_mm256_shuffle_epi8(*tr, *ix), sign);
+                        vals[3 * (2 * p + w) + t] = _mm256_add_epi8(v, one);
+                    }
+                }
+            }
+        }
+        vals
+    }
+
+    /// Hints segment `s` of `prefetch` (its five lines, those inside it) into L2: see
+    /// LUT_PREFETCH_BYTES. The GEMVs spread these over their loop.
+    #[inline(always)]
+    fn prefetch_segment(prefetch: &[u8], s: usize) {
+        if s * SEG_BYTES < prefetch.len() {
+            let p = prefetch.as_ptr().wrapping_add(s * SEG_BYTES);
+            for line in 0..SEG_BYTES / 64 {
+                // SAFETY: a hint never faults or writes; the last lines may lie past the end.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64 * line).cast()) };
+            }
+        }
+    }
+
     /// Segments decoded at a time by [`gemm_block_avx2`]: 64 groups, 96 pairs of values, 6 KB
     /// of decoded codes.
     const DEC_SEGS: usize = 4;
@@ -296,14 +346,6 @@ mod x86 {
         segs: usize,
         out: &mut [[i32; LUT_ROWS]],
     ) {
-        let pat = super::PATTERNS;
-        // Per trit position: each magnitude's value in {-1, 0, 1}.
-        let trit: [__m256i; 3] = std::array::from_fn(|p| {
-            let v: [i8; 16] = std::array::from_fn(|m| pat[m][p]);
-            // SAFETY: 16 bytes.
-            _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
-        });
-        let one = _mm256_set1_epi8(1);
         let zero = _mm256_setzero_si256();
         // Decoded codes: per pair of values, rows 0-7 and 16-23, then 8-15 and 24-31, each row's
         // two codes side by side (what `maddubs` pairs).
@@ -316,31 +358,11 @@ mod x86 {
             let ns = DEC_SEGS.min(segs - s0);
             for ds in 0..ns {
                 // SAFETY: s0 + ds < segs: the segment is inside `block`.
-                let seg = unsafe { block.as_ptr().add((s0 + ds) * SEG_BYTES) };
-                for h in 0..2 {
-                    // SAFETY: a whole segment, h < 2.
-                    let mut sg = unsafe { group_signs(seg, h) };
-                    for pp in 0..4 {
-                        let p = 4 * h + pp;
-                        // SAFETY: a whole segment, p < 8.
-                        let idx = unsafe { group_indices(seg, p) };
-                        // Codes of the two groups' six values (value + 1, sign applied).
-                        let mut c = [zero; 6];
-                        for (w, ix) in idx.iter().enumerate() {
-                            // +1 or -1 per row.
-                            let sign = _mm256_or_si256(next_sign(&mut sg), one);
-                            for (t, tr) in trit.iter().enumerate() {
-                                let v = _mm256_sign_epi8(_mm256_shuffle_epi8(*tr, *ix), sign);
-                                c[3 * w + t] = _mm256_add_epi8(v, one);
-                            }
-                        }
-                        let base = 2 * (24 * ds + 3 * p);
-                        for k in 0..3 {
-                            let (x, y) = (c[2 * k], c[2 * k + 1]);
-                            pairs[base + 2 * k] = _mm256_unpacklo_epi8(x, y);
-                            pairs[base + 2 * k + 1] = _mm256_unpackhi_epi8(x, y);
-                        }
-                    }
+                let vals = unsafe { segment_codes(block.as_ptr().add((s0 + ds) * SEG_BYTES)) };
+                for (i, v) in vals.chunks_exact(2).enumerate() {
+                    let k = 2 * (24 * ds + i);
+                    pairs[k] = _mm256_unpacklo_epi8(v[0], v[1]);
+                    pairs[k + 1] = _mm256_unpackhi_epi8(v[0], v[1]);
                 }
             }
             let npairs = 24 * ns;
@@ -454,15 +476,7 @@ mod x86 {
             let mut a = [zero; T];
             let mut b = [zero; T];
             while s < end {
-                // The same segment's bytes in `prefetch` (five lines), spread over the loop.
-                if s * SEG_BYTES < prefetch.len() {
-                    let p = prefetch.as_ptr().wrapping_add(s * SEG_BYTES);
-                    for line in 0..SEG_BYTES / 64 {
-                        // Into L2: see LUT_PREFETCH_BYTES. A hint never faults; the last lines
-                        // may lie past the target's end.
-                        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64 * line).cast());
-                    }
-                }
+                prefetch_segment(prefetch, s);
                 // SAFETY: s < segs: the segment's 320 bytes are inside `block`.
                 let seg = unsafe { bp.add(s * SEG_BYTES) };
                 for h in 0..2 {
@@ -642,14 +656,7 @@ mod x86 {
             let mut a = [zero; T];
             let mut b = [zero; T];
             while s < end {
-                if s * SEG_BYTES < prefetch.len() {
-                    let p = prefetch.as_ptr().wrapping_add(s * SEG_BYTES);
-                    for line in 0..SEG_BYTES / 64 {
-                        // Into L2: see LUT_PREFETCH_BYTES. A hint never faults; the last lines
-                        // may lie past the target's end.
-                        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64 * line).cast());
-                    }
-                }
+                prefetch_segment(prefetch, s);
                 // SAFETY: s < segs: the segment's 320 bytes are inside `block`.
                 let seg = unsafe { bp.add(s * SEG_BYTES) };
                 for h in 0..2 {
@@ -725,14 +732,6 @@ mod x86 {
         segs: usize,
         out: &mut [[i32; LUT_ROWS]],
     ) {
-        let pat = super::PATTERNS;
-        let trit: [__m256i; 3] = std::array::from_fn(|p| {
-            let v: [i8; 16] = std::array::from_fn(|m| pat[m][p]);
-            // SAFETY: 16 bytes.
-            _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
-        });
-        let one = _mm256_set1_epi8(1);
-        let zero = _mm256_setzero_si256();
         // Qwords of rows 0-3 and 4-7 of [d0, d1] and 8-11, 12-15 of [d2, d3] (see below), then
         // rows 16-19, 20-23, 24-27, 28-31.
         let low = _mm512_setr_epi64(0, 1, 4, 5, 8, 9, 12, 13);
@@ -748,25 +747,7 @@ mod x86 {
             let ns = DEC_SEGS.min(segs - s0);
             for ds in 0..ns {
                 // SAFETY: s0 + ds < segs: the segment is inside `block`.
-                let seg = unsafe { block.as_ptr().add((s0 + ds) * SEG_BYTES) };
-                // The segment's 48 values: codes (value + 1) of rows 0-31.
-                let mut vals = [zero; 48];
-                for h in 0..2 {
-                    // SAFETY: a whole segment, h < 2.
-                    let mut sg = unsafe { group_signs(seg, h) };
-                    for pp in 0..4 {
-                        let p = 4 * h + pp;
-                        // SAFETY: a whole segment, p < 8.
-                        let idx = unsafe { group_indices(seg, p) };
-                        for (w, ix) in idx.iter().enumerate() {
-                            let sign = _mm256_or_si256(next_sign(&mut sg), one);
-                            for (t, tr) in trit.iter().enumerate() {
-                                let v = _mm256_sign_epi8(_mm256_shuffle_epi8(*tr, *ix), sign);
-                                vals[3 * (2 * p + w) + t] = _mm256_add_epi8(v, one);
-                            }
-                        }
-                    }
-                }
+                let vals = unsafe { segment_codes(block.as_ptr().add((s0 + ds) * SEG_BYTES)) };
                 for j in 0..12 {
                     let v = &vals[4 * j..4 * j + 4];
                     // Per 128-bit half (rows 0-15, rows 16-31): a 4 x 4 byte transpose.
