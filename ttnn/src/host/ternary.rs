@@ -237,6 +237,20 @@ impl TernaryData {
     }
 }
 
+/// `n` pseudo-random values in {-1, 0, 1} from `seed` (an LCG: the tests' weights).
+#[cfg(test)]
+pub(crate) fn random_ternary(n: usize, seed: u64) -> Vec<i8> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) % 3) as i8 - 1
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,13 +259,7 @@ mod tests {
     proptest! {
         #[test]
         fn pack_unpack_round_trips(rows in 1usize..6, row_len in 1usize..300, seed in any::<u64>()) {
-            let mut s = seed;
-            let values: Vec<i8> = (0..rows * row_len)
-                .map(|_| {
-                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    ((s >> 33) % 3) as i8 - 1
-                })
-                .collect();
+            let values = random_ternary(rows * row_len, seed);
             let p = TernaryData::pack(&values, rows, row_len);
             prop_assert_eq!(p.packed.len(), rows * row_len.div_ceil(CHUNK) * CHUNK_BYTES);
             prop_assert_eq!(&p.unpack(), &values);

@@ -258,6 +258,7 @@ pub fn build_table(q: &[i8], table: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::ternary::random_ternary;
     use proptest::prelude::*;
 
     #[test]
@@ -299,13 +300,7 @@ mod tests {
     proptest! {
         #[test]
         fn pack_get_round_trips(rows in 1usize..70, row_len in 1usize..100, seed in any::<u64>()) {
-            let mut s = seed;
-            let values: Vec<i8> = (0..rows * row_len)
-                .map(|_| {
-                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    ((s >> 33) % 3) as i8 - 1
-                })
-                .collect();
+            let values = random_ternary(rows * row_len, seed);
             let mut packed = vec![0u8; storage_bytes(rows, row_len)];
             let mut neg = vec![0i32; rows];
             pack_rows(&values, rows, row_len, &mut packed, &mut neg);
