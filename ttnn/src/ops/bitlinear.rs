@@ -258,7 +258,13 @@ pub fn bitlinear(input: &Tensor, weight: &Tensor, args: &BitLinearArgs<'_>) -> R
     let out = Tensor::allocate(device, op, out_shape, dtype, Layout::Tile, &mc)?;
     let rows = input.shape().rows();
     let weight_buffer = weight.host_buffer(op, "weight")?;
-    crate::host::kernels::bitlinear::reserve_tables(host.isa, &weight_buffer.read(), rows, k);
+    crate::host::kernels::bitlinear::reserve_tables(
+        &host.pool,
+        host.isa,
+        &weight_buffer.read(),
+        rows,
+        k,
+    );
     host.submit(BitLinearCmd {
         input_norm,
         input: input.host_buffer(op, "input")?.clone(),

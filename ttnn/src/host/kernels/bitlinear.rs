@@ -19,6 +19,7 @@ use super::{read_f32, write_f32};
 use crate::device::{HostIsa, TernaryLayout};
 use crate::error::{Error, Result};
 use crate::host::data::HostData;
+use crate::host::pool::{RANGES_PER_THREAD, ThreadPool};
 use crate::host::ternary::{CHUNK, CHUNK_BYTES, TernaryData};
 use crate::host::ternary_lut::{self as lut, LUT_ROWS};
 use crate::host::{HostBuffer, HostCommand, HostCtx};
@@ -38,11 +39,55 @@ pub(crate) fn act_row_len(k: usize) -> usize {
 }
 
 std::thread_local! {
-    /// The `Lut3` tables of the current bitlinear's activation rows: one buffer per calling
-    /// thread, shared by every command it runs (a buffer per command would keep 74 KB per
-    /// bitlinear of a captured decode resident), grown once and then reused without allocating.
+    /// The `Lut3` tables of the current bitlinear's activation rows: one buffer per thread,
+    /// shared by every command it runs (a buffer per command would keep 74 KB per bitlinear of a
+    /// captured decode resident), grown once and then reused without allocating. A GEMV builds
+    /// a copy on every thread that runs part of it ([`with_gemv_tables`]); a GEMM without the
+    /// decoding kernel builds one set on the calling thread's buffer, shared by all.
     static LUT_TABLES: std::cell::RefCell<Vec<TableLine>> =
         const { std::cell::RefCell::new(Vec::new()) };
+    /// Which GEMV's tables this thread's `LUT_TABLES` hold (0: none).
+    static TABLES_STAMP: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Stamps of GEMV runs, to tell a thread's tables of this run from an earlier one's.
+static NEXT_STAMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Grows this thread's table buffer to at least `bytes` (no allocation once reserved).
+fn grow_tables(lines: &mut Vec<TableLine>, bytes: usize) {
+    if lines.len() < bytes.div_ceil(64) {
+        lines.resize(bytes.div_ceil(64), TableLine([0; 64]));
+    }
+}
+
+/// Runs `f` on this thread's copy of a GEMV's tables (`rows` rows of `table_bytes`, from the
+/// quantized rows of `q`, `kp` apart), built on the first range of the GEMV (`stamp`) the
+/// thread runs. Each thread builds its own copy rather than sharing one built by all: the build
+/// is ~1 us of arithmetic per row, but the shared tables' lines had to travel between the cores'
+/// caches (written by one core, read by both), and the build (a pool region of its own) took
+/// 2-5 % of a 2-thread decode step, most of it waiting on those stores.
+fn with_gemv_tables<R>(
+    isa: HostIsa,
+    q: &[i8],
+    kp: usize,
+    rows: usize,
+    table_bytes: usize,
+    stamp: u64,
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    LUT_TABLES.with_borrow_mut(|lines| {
+        // Reserved on every pool thread when the op was built (`reserve_tables`).
+        grow_tables(lines, rows * table_bytes);
+        let tables = &mut line_bytes(lines)[..rows * table_bytes];
+        if TABLES_STAMP.get() != stamp {
+            let span = 3 * (table_bytes / table_group_bytes(isa)) + 1;
+            for (r, t) in tables.chunks_exact_mut(table_bytes.max(1)).enumerate() {
+                build_table_isa(isa, &q[r * kp..r * kp + span], t);
+            }
+            TABLES_STAMP.set(stamp);
+        }
+        f(tables)
+    })
 }
 
 /// 64 bytes of `Lut3` tables, cache-line aligned: every row's table starts on a line (its
@@ -59,28 +104,46 @@ fn line_bytes(lines: &mut [TableLine]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), 64 * lines.len()) }
 }
 
+/// Activation rows below which a bitlinear is a GEMV: one pass over the weights per row.
+const GEMV_MAX_ROWS: usize = 4;
+
+/// Where a `Lut3` bitlinear's tables are.
+#[derive(Clone, Copy)]
+enum Tables<'a> {
+    /// No tables: `Bits2` weights, or a GEMM that decodes the weights (`gemm_block`).
+    None,
+    /// A GEMV's: each thread builds its own (`with_gemv_tables`), for this run's stamp.
+    PerThread { stamp: u64 },
+    /// A GEMM's without the decoding kernel, every row's, built once for all threads.
+    Shared(&'a [u8]),
+}
+
 /// Bytes of `Lut3` tables for `rows` activation rows against `w`: 0 for `Bits2` weights, and
 /// for a GEMM that decodes the weights instead (`gemm_block`).
 fn table_bytes(isa: HostIsa, w: &TernaryData, rows: usize, k: usize) -> usize {
     match w.layout {
-        TernaryLayout::Lut3 if rows < 4 || !has_gemm_kernel(isa) => {
+        TernaryLayout::Lut3 if rows < GEMV_MAX_ROWS || !has_gemm_kernel(isa) => {
             rows * lut::groups(k) * table_group_bytes(isa)
         }
         _ => 0,
     }
 }
 
-/// Grows this thread's table buffer for a bitlinear of `rows` rows against `weight` when the op
-/// is built, so that running it (even first as a replay of a captured trace) allocates nothing
-/// on this thread.
-pub(crate) fn reserve_tables(isa: HostIsa, weight: &HostData, rows: usize, k: usize) {
+/// Grows every pool thread's table buffer for a bitlinear of `rows` rows against `weight` when
+/// the op is built, so that running it (even first as a replay of a captured trace) allocates
+/// nothing.
+pub(crate) fn reserve_tables(
+    pool: &ThreadPool,
+    isa: HostIsa,
+    weight: &HostData,
+    rows: usize,
+    k: usize,
+) {
     if let HostData::Ternary(w) = weight {
         let need = table_bytes(isa, w, rows, k);
-        LUT_TABLES.with_borrow_mut(|t| {
-            if t.len() < need.div_ceil(64) {
-                t.resize(need.div_ceil(64), TableLine([0; 64]));
-            }
-        });
+        if need > 0 {
+            pool.broadcast(&|| LUT_TABLES.with_borrow_mut(|t| grow_tables(t, need)));
+        }
     }
 }
 
@@ -264,9 +327,8 @@ struct RowNorm<'a> {
 const TABLE_TASK_GROUPS: usize = 256;
 
 /// Builds the `Lut3` table of each of the quantized rows of `q` (`kp` apart) into `tables`
-/// (`bytes` per row), split by groups over the pool. One thread writing a decode step's
-/// tables (up to 147 KB for K = 6912 on AVX-512, in lines the weights just evicted) while the
-/// others waited took 5 % of a 2-thread decode.
+/// (`bytes` per row), split by groups over the pool: the shared tables of a GEMM without the
+/// decoding kernel, one per activation row (a GEMV's are per thread, `with_gemv_tables`).
 fn build_tables(ctx: &HostCtx<'_>, q: &[i8], kp: usize, tables: &mut [u8], bytes: usize) {
     let (isa, gb) = (ctx.isa, table_group_bytes(ctx.isa));
     let groups = bytes / gb;
@@ -405,13 +467,17 @@ impl HostCommand for BitLinearCmd {
                 });
             }
         };
-        // Taken for the op and put back (`take` leaves an empty Vec: no allocation).
-        let mut lines = LUT_TABLES.take();
         let table_bytes = table_bytes(ctx.isa, w, rows, k) / rows.max(1);
-        // Grown only (every byte used is rewritten below): no allocation once warm.
-        if lines.len() < (rows * table_bytes).div_ceil(64) {
-            lines.resize((rows * table_bytes).div_ceil(64), TableLine([0; 64]));
-        }
+        // A GEMV's tables are built per thread, inside its tasks (`with_gemv_tables`); other
+        // tables here, on the calling thread's buffer: taken for the op and put back (`take`
+        // leaves an empty Vec: no allocation), grown only (every byte used is rewritten below).
+        let gemv_tables = rows < GEMV_MAX_ROWS;
+        let mut lines = if gemv_tables || table_bytes == 0 {
+            Vec::new()
+        } else {
+            LUT_TABLES.take()
+        };
+        grow_tables(&mut lines, if gemv_tables { 0 } else { rows * table_bytes });
         let tables = line_bytes(&mut lines);
         // The activation side in a scope of its own: its read guards end before the multiply.
         {
@@ -464,7 +530,15 @@ impl HostCommand for BitLinearCmd {
                 norm,
             );
         }
-        if table_bytes > 0 {
+        let tables = if table_bytes == 0 {
+            Tables::None
+        } else if gemv_tables {
+            Tables::PerThread {
+                stamp: NEXT_STAMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            }
+        } else {
+            // The shared set overwrites whatever GEMV tables this thread's buffer held.
+            TABLES_STAMP.set(0);
             build_tables(
                 ctx,
                 &self.q,
@@ -472,9 +546,12 @@ impl HostCommand for BitLinearCmd {
                 &mut tables[..rows * table_bytes],
                 table_bytes,
             );
+            Tables::Shared(&tables[..rows * table_bytes])
+        };
+        let r = self.multiply(ctx, w, klen, tables, table_bytes);
+        if !gemv_tables && table_bytes > 0 {
+            LUT_TABLES.set(lines);
         }
-        let r = self.multiply(ctx, w, klen, &tables[..rows * table_bytes], table_bytes);
-        LUT_TABLES.set(lines);
         r
     }
 }
@@ -487,7 +564,7 @@ impl BitLinearCmd {
         ctx: &HostCtx<'_>,
         w: &TernaryData,
         klen: usize,
-        tables: &[u8],
+        tables: Tables<'_>,
         table_bytes: usize,
     ) -> Result<()> {
         let (rows, k, n) = (self.rows, self.k, self.n);
@@ -532,25 +609,32 @@ impl BitLinearCmd {
             if w.layout == TernaryLayout::Lut3 {
                 // Work split by blocks of 32 weight rows.
                 let bb = lut::block_bytes(k);
-                let table = |r: usize| &tables[r * table_bytes..(r + 1) * table_bytes];
+                let shared = match tables {
+                    Tables::Shared(t) => t,
+                    _ => &[],
+                };
+                let table = |r: usize| &shared[r * table_bytes..(r + 1) * table_bytes];
                 let block_out = |b: usize, accs: &[i32; LUT_ROWS], r: usize| {
                     let j0 = b * LUT_ROWS;
                     put(r, j0, &accs[..(n - j0).min(LUT_ROWS)], false);
                 };
                 let kernel = |range: std::ops::Range<usize>| {
                     let task = &w.packed[range.start * bb..range.end * bb];
-                    if rows < 4 {
+                    if let Tables::PerThread { stamp } = tables {
                         // A GEMV (decode): the blocks in order, one sequential stream, with the
                         // bytes LUT_PREFETCH_BYTES ahead prefetched (within the task's blocks).
-                        let mut accs = [[0i32; LUT_ROWS]];
-                        for b in range.clone() {
-                            let start = (b - range.start) * bb + LUT_PREFETCH_BYTES;
-                            let pf = &task[start.min(task.len())..(start + bb).min(task.len())];
-                            for r in 0..rows {
-                                lut_block(isa, &[table(r)], w, b, &mut accs, pf);
-                                block_out(b, &accs[0], r);
+                        with_gemv_tables(isa, q, kp, rows, table_bytes, stamp, |t| {
+                            let mut accs = [[0i32; LUT_ROWS]];
+                            for b in range.clone() {
+                                let start = (b - range.start) * bb + LUT_PREFETCH_BYTES;
+                                let pf = &task[start.min(task.len())..(start + bb).min(task.len())];
+                                for r in 0..rows {
+                                    let tr = &t[r * table_bytes..(r + 1) * table_bytes];
+                                    lut_block(isa, &[tr], w, b, &mut accs, pf);
+                                    block_out(b, &accs[0], r);
+                                }
                             }
-                        }
+                        });
                         return;
                     }
                     if has_gemm_kernel(isa) {
@@ -603,13 +687,15 @@ impl BitLinearCmd {
                 if threads == 1 || work < PAR_MIN_WORK {
                     kernel(0..nb);
                 } else {
-                    let tasks = (work / TASK_MIN_WORK).clamp(1, threads * 4).min(nb);
+                    let tasks = (work / TASK_MIN_WORK)
+                        .clamp(1, threads * RANGES_PER_THREAD)
+                        .min(nb);
                     ctx.pool.for_ranges(nb, tasks, &kernel);
                 }
                 return;
             }
             let kernel = |range: std::ops::Range<usize>| {
-                if rows < 4 {
+                if rows < GEMV_MAX_ROWS {
                     // A GEMV (decode): one weight row after the other, so the weights are read
                     // as one sequential stream, which the hardware prefetchers follow (with
                     // software prefetch PREFETCH_BYTES ahead); the activation row stays in L1.
@@ -642,7 +728,9 @@ impl BitLinearCmd {
             if threads == 1 || work < PAR_MIN_WORK {
                 kernel(0..n);
             } else {
-                let tasks = (work / TASK_MIN_WORK).clamp(1, threads * 4).min(n);
+                let tasks = (work / TASK_MIN_WORK)
+                    .clamp(1, threads * RANGES_PER_THREAD)
+                    .min(n);
                 ctx.pool.for_ranges(n, tasks, &kernel);
             }
         });

@@ -17,12 +17,15 @@ use std::sync::Arc;
 
 use half::bf16;
 
-use super::dense_dot::{QRow, RowRef, dot_block_rows, dot_rows, normal_groups, quantize_row_i16};
+use super::dense_dot::{
+    QRow, RowRef, dot_block_rows, dot_rows, gemv_block_rows, normal_groups, quantize_row_i16,
+};
 use super::eltwise::{SendPtr, apply_unary};
 use super::{prefetch_rows_ahead, read_f32, write_f32};
 use crate::error::{Error, Result};
 use crate::host::blockfloat::{BlockFloatData, GROUP};
 use crate::host::data::HostData;
+use crate::host::pool::RANGES_PER_THREAD;
 use crate::host::{HostBuffer, HostCommand, HostCtx};
 use crate::ops::eltwise::UnaryOp;
 
@@ -117,7 +120,9 @@ fn task_count(ctx: &HostCtx<'_>, units: usize, work_per_unit: usize) -> usize {
         return 1;
     }
     let by_work = total / TASK_MIN_WORK;
-    by_work.clamp(1, threads * 4).min(units.max(1))
+    by_work
+        .clamp(1, threads * RANGES_PER_THREAD)
+        .min(units.max(1))
 }
 
 /// `linear` / `matmul` on the host: `out = act(A' @ B' + bias)`.
@@ -267,6 +272,44 @@ fn rows_kernel(
             (col / n, col % n)
         }
     };
+    // Decode against a block-float B (the lm_head): one quantized A row, and output column j
+    // is element j of `o`. One kernel loop per range (see `gemv_block_rows`).
+    if let (Some(qa), BView::Block(bd), 1, 1) = (quant, b, m, d.batch)
+        && let Some(x) = qa.row(0)
+    {
+        let groups = BlockFloatData::groups_per_row(k);
+        let ahead = prefetch_rows_ahead(b.row_bytes(k));
+        let gemv = |range: std::ops::Range<usize>| {
+            debug_assert!(range.end <= out_len);
+            // SAFETY: `range.end <= N == out_len` (batch 1, one row); the ranges of different
+            // tasks are disjoint; `o` outlives the parallel region.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(out.get().add(range.start), range.len()) };
+            let fallback = |j: usize| dot_rows(ctx.isa, &[&a[..k]], b.row(j, k))[0];
+            gemv_block_rows(
+                ctx.isa,
+                x,
+                bd.format,
+                &bd.exps,
+                &bd.mants,
+                groups,
+                range.clone(),
+                ahead,
+                dst,
+                &fallback,
+            );
+            for (v, j) in dst.iter_mut().zip(range) {
+                *v = epilogue(*v, bias.map(|b| b[j]), acts);
+            }
+        };
+        let tasks = task_count(ctx, n, k);
+        if tasks == 1 {
+            gemv(0..n);
+        } else {
+            ctx.pool.for_ranges(n, tasks, &gemv);
+        }
+        return;
+    }
     let kernel = |range: std::ops::Range<usize>| {
         for col in range.clone() {
             let (bi, j) = split(col);
