@@ -181,6 +181,17 @@ fn axpy(acc: &mut [f32], p: f32, v: &[f32]) {
     }
 }
 
+/// Four [`axpy`]s in position order, `acc += p[0] v[0]`, then `p[1] v[1]`, ...: each element
+/// takes the same additions in the same order, so the same bits as four calls.
+fn axpy4(acc: &mut [f32], p: [f32; 4], v: [&[f32]; 4]) {
+    let n = v.iter().fold(acc.len(), |n, v| n.min(v.len()));
+    for (i, a) in acc[..n].iter_mut().enumerate() {
+        for j in 0..4 {
+            *a += p[j] * v[j][i];
+        }
+    }
+}
+
 /// Decodes block-float row `r` into `out`, one group scale per group; bit-identical to
 /// `BlockFloatData::decode_row` (which evaluates the scale per element).
 #[inline]
@@ -225,7 +236,7 @@ pub(crate) fn attend_rows(isa: HostIsa, rows: &mut [QueryRow<'_>], kv: &KvStream
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the device selects Avx2/Avx512Vnni only after detecting AVX2.
         HostIsa::Avx2 | HostIsa::Avx512Vnni => unsafe { attend_rows_avx2(rows, kv, scale) },
-        _ => attend_rows_impl(rows, kv, scale, dot, axpy),
+        _ => attend_rows_impl(rows, kv, scale, dot, axpy, axpy4),
     }
 }
 
@@ -247,6 +258,8 @@ unsafe fn attend_rows_avx2(rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale: 
         |a, b| unsafe { x86::dot_avx2(a, b) },
         // SAFETY: as above.
         |acc, p, v| unsafe { x86::axpy_avx2(acc, p, v) },
+        // SAFETY: as above.
+        |acc, p, v| unsafe { x86::axpy4_avx2(acc, p, v) },
     )
 }
 
@@ -293,6 +306,39 @@ mod x86 {
         _mm_cvtss_f32(f) + tail
     }
 
+    /// [`super::axpy4`], eight lanes at a time: each chunk of the accumulator is loaded and
+    /// stored once for the four positions (elementwise, in the same order: the same bits).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn axpy4_avx2(acc: &mut [f32], p: [f32; 4], v: [&[f32]; 4]) {
+        let n = v.iter().fold(acc.len(), |n, v| n.min(v.len()));
+        let n8 = n / 8 * 8;
+        let pv = p.map(|p| _mm256_set1_ps(p));
+        let mut i = 0;
+        while i < n8 {
+            // SAFETY: i + 8 <= n8 <= n, within `acc` and every `v[j]`.
+            unsafe {
+                let a = acc.as_mut_ptr().add(i);
+                let mut x = _mm256_loadu_ps(a);
+                for j in 0..4 {
+                    x = _mm256_add_ps(
+                        x,
+                        _mm256_mul_ps(pv[j], _mm256_loadu_ps(v[j].as_ptr().add(i))),
+                    );
+                }
+                _mm256_storeu_ps(a, x);
+            }
+            i += 8;
+        }
+        for (k, a) in acc[n8..n].iter_mut().enumerate() {
+            for j in 0..4 {
+                *a += p[j] * v[j][n8 + k];
+            }
+        }
+    }
+
     /// [`super::axpy`], eight lanes at a time (elementwise: the same bits).
     ///
     /// # Safety
@@ -325,6 +371,7 @@ fn attend_rows_impl(
     scale: f32,
     dot: impl Fn(&[f32], &[f32]) -> f32,
     axpy: impl Fn(&mut [f32], f32, &[f32]),
+    axpy4: impl Fn(&mut [f32], [f32; 4], [&[f32]; 4]),
 ) {
     let n = rows.len().min(MAX_GROUP_ROWS);
     let hd = kv.hd;
@@ -333,7 +380,7 @@ fn attend_rows_impl(
     let mut l = [0f32; MAX_GROUP_ROWS];
     let mut s = [[0f32; KV_BLOCK]; MAX_GROUP_ROWS];
     let mut kbuf = [0f32; MAX_HEAD_DIM];
-    let mut vbuf = [0f32; MAX_HEAD_DIM];
+    let mut vbuf4 = [[0f32; MAX_HEAD_DIM]; 4];
 
     let active = |r: &QueryRow<'_>| r.start < r.end;
     let lo = rows[..n]
@@ -382,6 +429,8 @@ fn attend_rows_impl(
                     m[r] = bm;
                 }
                 let mr = m[r];
+                // The sum in a local: through `l[r]` it went round the stack per position.
+                let mut lr = l[r];
                 for x in sr.iter_mut() {
                     let p = if mr == f32::NEG_INFINITY {
                         0.0
@@ -389,20 +438,47 @@ fn attend_rows_impl(
                         (*x - mr).exp()
                     };
                     *x = p;
-                    l[r] += p;
+                    lr += p;
                 }
+                l[r] = lr;
             }
-            // Values.
-            for pos in blo..b1 {
-                if !rows[..n].iter().any(|r| r.start <= pos && pos < r.end) {
+            // Values, four positions at a time where every row takes all four or none of them
+            // (`axpy4`: the accumulator loaded and stored once per four positions), else one.
+            let mut pos = blo;
+            while pos < b1 {
+                let all = |r: &QueryRow<'_>| r.start <= pos && pos + 4 <= r.end;
+                let none = |r: &QueryRow<'_>| r.end <= pos || pos + 4 <= r.start;
+                if pos + 4 <= b1 && rows[..n].iter().all(|r| all(r) || none(r)) {
+                    if rows[..n].iter().any(all) {
+                        let [v0, v1, v2, v3] = &mut vbuf4;
+                        let v4 = [
+                            kv.v.row(kv.map.row(pos), hd, v0),
+                            kv.v.row(kv.map.row(pos + 1), hd, v1),
+                            kv.v.row(kv.map.row(pos + 2), hd, v2),
+                            kv.v.row(kv.map.row(pos + 3), hd, v3),
+                        ];
+                        for (r, row) in rows[..n].iter().enumerate() {
+                            if all(row) {
+                                let o = pos - b0;
+                                let p4 = [s[r][o], s[r][o + 1], s[r][o + 2], s[r][o + 3]];
+                                axpy4(&mut acc[r][..hd], p4, v4);
+                            }
+                        }
+                    }
+                    pos += 4;
                     continue;
                 }
-                let v = kv.v.row(kv.map.row(pos), hd, &mut vbuf);
+                if !rows[..n].iter().any(|r| r.start <= pos && pos < r.end) {
+                    pos += 1;
+                    continue;
+                }
+                let v = kv.v.row(kv.map.row(pos), hd, &mut vbuf4[0]);
                 for (r, row) in rows[..n].iter().enumerate() {
                     if row.start <= pos && pos < row.end {
                         axpy(&mut acc[r][..hd], s[r][pos - b0], v);
                     }
                 }
+                pos += 1;
             }
             b0 += KV_BLOCK;
         }
@@ -1030,8 +1106,8 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The AVX2 dot and axpy give the reference's bits (any length, signed zeros, wide
-        /// magnitudes).
+        /// The AVX2 dot, axpy and axpy4 give the reference's bits (any length, signed zeros,
+        /// wide magnitudes).
         #[test]
         fn simd_dot_and_axpy_match_the_reference(
             a in proptest::collection::vec(-1e6f32..1e6, 0..300),
@@ -1055,6 +1131,20 @@ mod tests {
                     axpy(&mut y, p, &b);
                     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                     proptest::prop_assert_eq!(bits(&x), bits(&y));
+                    // Four positions at once: as four axpys in order, SIMD or not.
+                    let rev: Vec<f32> = b.iter().rev().copied().collect();
+                    let sq: Vec<f32> = b.iter().map(|v| v * v * 1e-3).collect();
+                    let vs = [&b[..], &rev[..], &sq[..], &b[..]];
+                    let ps = [p, -0.5 * p, 3.0, p * p];
+                    let (mut x, mut y, mut z) = (a.clone(), a.clone(), a.clone());
+                    // SAFETY: as above.
+                    unsafe { x86::axpy4_avx2(&mut x, ps, vs) };
+                    axpy4(&mut y, ps, vs);
+                    for (pj, vj) in ps.iter().zip(vs) {
+                        axpy(&mut z, *pj, vj);
+                    }
+                    proptest::prop_assert_eq!(bits(&x), bits(&z));
+                    proptest::prop_assert_eq!(bits(&y), bits(&z));
                 }
                 let _ = isa;
             }
