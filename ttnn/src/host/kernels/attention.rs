@@ -71,6 +71,33 @@ impl<'a> RowStore<'a> {
     }
 }
 
+impl RowStore<'_> {
+    /// Hints row `r`'s stored bytes into cache (see [`super::prefetch`]); nothing for a row
+    /// out of range.
+    #[inline]
+    fn prefetch_row(&self, r: usize, len: usize) {
+        let span = r * len..(r + 1) * len;
+        match self {
+            Self::F32(v) => super::prefetch(v.get(span).unwrap_or(&[])),
+            Self::Bf16(v) => super::prefetch(v.get(span).unwrap_or(&[])),
+            Self::Block(b) => {
+                let g = BlockFloatData::groups_per_row(len);
+                super::prefetch(b.exps.get(r * g..(r + 1) * g).unwrap_or(&[]));
+                super::prefetch(
+                    b.mants
+                        .get(r * g * GROUP..(r + 1) * g * GROUP)
+                        .unwrap_or(&[]),
+                );
+            }
+        }
+    }
+}
+
+/// Positions ahead of the one being scored whose K row is hinted into cache: the cache holds
+/// thirty layers' K/V, more than the L3 at a few hundred positions, and the rows of one head
+/// are contiguous only within a page.
+const KV_PREFETCH_AHEAD: usize = 4;
+
 /// Where key position `pos` of one (user, kv head) lives among the K/V tensor's rows.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum PosMap<'a> {
@@ -394,12 +421,18 @@ fn attend_rows_impl(
         while b0 < hi {
             let b1 = (b0 + KV_BLOCK).min(hi);
             let blo = b0.max(lo);
-            // Scores.
+            // Scores. Meanwhile the K row a few positions on and this position's V row (for
+            // the value pass below) are hinted into cache.
             for pos in blo..b1 {
                 if !rows[..n].iter().any(|r| r.start <= pos && pos < r.end) {
                     continue;
                 }
-                let k = kv.k.row(kv.map.row(pos), hd, &mut kbuf);
+                if pos + KV_PREFETCH_AHEAD < hi {
+                    kv.k.prefetch_row(kv.map.row(pos + KV_PREFETCH_AHEAD), hd);
+                }
+                let kr = kv.map.row(pos);
+                kv.v.prefetch_row(kr, hd);
+                let k = kv.k.row(kr, hd, &mut kbuf);
                 for (r, row) in rows[..n].iter().enumerate() {
                     if row.start <= pos && pos < row.end {
                         let mut x = dot(row.q, k) * scale;
