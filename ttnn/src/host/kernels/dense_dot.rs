@@ -582,67 +582,58 @@ mod x86 {
         std::array::from_fn(|r| reduce_avx2(&acc[r]) * xs[r].scale)
     }
 
-    /// [`super::gemv_block_rows`] with the AVX-512 row kernel.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512 F/BW and FMA; the bounds asserted by the caller hold.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-    pub(super) unsafe fn gemv_block_rows_avx512(
-        x: QRow<'_>,
-        format: BlockFormat,
-        exps: &[u8],
-        mants: &[i8],
-        groups: usize,
-        rows: std::ops::Range<usize>,
-        ahead: usize,
-        out: &mut [f32],
-        fallback: &dyn Fn(usize) -> f32,
-    ) {
-        super::gemv_block_rows_with(
-            format,
-            exps,
-            mants,
-            groups,
-            rows,
-            ahead,
-            out,
-            fallback,
-            // SAFETY: AVX-512 F/BW and FMA (this function's contract); `x` covers every group.
-            |e, m, pf| unsafe { dot_block_rows_avx512(&[x], format, e, m, pf)[0] },
-        )
+    /// [`super::gemv_block_rows`] with one ISA's row kernel, compiled with its features.
+    macro_rules! gemv_block_rows_isa {
+        ($(#[$doc:meta])* $name:ident, $features:literal, $dot:ident) => {
+            $(#[$doc])*
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(
+                x: QRow<'_>,
+                format: BlockFormat,
+                exps: &[u8],
+                mants: &[i8],
+                groups: usize,
+                rows: std::ops::Range<usize>,
+                ahead: usize,
+                out: &mut [f32],
+                fallback: &dyn Fn(usize) -> f32,
+            ) {
+                super::gemv_block_rows_with(
+                    format,
+                    exps,
+                    mants,
+                    groups,
+                    rows,
+                    ahead,
+                    out,
+                    fallback,
+                    // SAFETY: the features `$dot` needs are this function's contract; `x` covers
+                    // every group (caller).
+                    |e, m, pf| unsafe { $dot(&[x], format, e, m, pf)[0] },
+                )
+            }
+        };
     }
 
-    /// [`super::gemv_block_rows`] with the AVX2 row kernel.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA; the bounds asserted by the caller hold.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn gemv_block_rows_avx2(
-        x: QRow<'_>,
-        format: BlockFormat,
-        exps: &[u8],
-        mants: &[i8],
-        groups: usize,
-        rows: std::ops::Range<usize>,
-        ahead: usize,
-        out: &mut [f32],
-        fallback: &dyn Fn(usize) -> f32,
-    ) {
-        super::gemv_block_rows_with(
-            format,
-            exps,
-            mants,
-            groups,
-            rows,
-            ahead,
-            out,
-            fallback,
-            // SAFETY: AVX2 and FMA (this function's contract); `x` covers every group (caller).
-            |e, m, pf| unsafe { dot_block_rows_avx2(&[x], format, e, m, pf)[0] },
-        )
-    }
+    gemv_block_rows_isa!(
+        /// With the AVX-512 row kernel.
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512 F/BW and FMA; the bounds asserted by the caller hold.
+        gemv_block_rows_avx512,
+        "avx512f,avx512bw,avx2,fma",
+        dot_block_rows_avx512
+    );
+    gemv_block_rows_isa!(
+        /// With the AVX2 row kernel.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2 and FMA; the bounds asserted by the caller hold.
+        gemv_block_rows_avx2,
+        "avx2,fma",
+        dot_block_rows_avx2
+    );
 
     /// [`reduce`] of the lanes `8q + j` = `acc[q][j]`, in registers: the same additions in the
     /// same order (no round trip through the stack, ~20 instructions fewer per row).
