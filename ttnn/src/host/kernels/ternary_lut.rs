@@ -161,7 +161,9 @@ pub(crate) fn build_table_isa(isa: HostIsa, q: &[i8], table: &mut [u8]) {
             // SAFETY: AVX2 is detected before the device selects these; lengths asserted.
             unsafe { x86::build_table_avx2(q, table) }
         }
-        _ => build_table(q, table),
+        // Without the byte the SIMD builders read ahead: it may be the next group's first value
+        // (a table built in parts, `build_tables`), which the reference takes for padding.
+        _ => build_table(&q[..q.len().min(3 * (table.len() / TABLE_BYTES))], table),
     }
 }
 
@@ -888,6 +890,17 @@ mod tests {
                     prop_assert_eq!(&got, &pair_layout(&want), "{:?}", isa);
                 } else {
                     prop_assert_eq!(&got, &want, "{:?}", isa);
+                }
+                // Built in two parts split at a segment, as the pool's tasks build a row's
+                // table: each part's activations carry the next part's first value as the
+                // byte the SIMD builders read ahead.
+                if g > 16 {
+                    let gb = table_group_bytes(isa);
+                    let mut parts = vec![0xAAu8; g * gb];
+                    let (first, second) = parts.split_at_mut(16 * gb);
+                    build_table_isa(isa, &padded[..3 * 16 + 1], first);
+                    build_table_isa(isa, &padded[3 * 16..], second);
+                    prop_assert_eq!(&parts, &got, "{:?} in parts", isa);
                 }
             }
         }
