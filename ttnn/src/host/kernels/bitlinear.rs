@@ -472,12 +472,12 @@ impl HostCommand for BitLinearCmd {
         // tables here, on the calling thread's buffer: taken for the op and put back (`take`
         // leaves an empty Vec: no allocation), grown only (every byte used is rewritten below).
         let gemv_tables = rows < GEMV_MAX_ROWS;
-        let mut lines = if gemv_tables || table_bytes == 0 {
-            Vec::new()
-        } else {
-            LUT_TABLES.take()
-        };
-        grow_tables(&mut lines, if gemv_tables { 0 } else { rows * table_bytes });
+        let shared = table_bytes > 0 && !gemv_tables;
+        let mut lines = Vec::new();
+        if shared {
+            lines = LUT_TABLES.take();
+            grow_tables(&mut lines, rows * table_bytes);
+        }
         let tables = line_bytes(&mut lines);
         // The activation side in a scope of its own: its read guards end before the multiply.
         {
@@ -532,7 +532,7 @@ impl HostCommand for BitLinearCmd {
         }
         let tables = if table_bytes == 0 {
             Tables::None
-        } else if gemv_tables {
+        } else if !shared {
             Tables::PerThread {
                 stamp: NEXT_STAMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             }
@@ -549,7 +549,7 @@ impl HostCommand for BitLinearCmd {
             Tables::Shared(&tables[..rows * table_bytes])
         };
         let r = self.multiply(ctx, w, klen, tables, table_bytes);
-        if !gemv_tables && table_bytes > 0 {
+        if shared {
             LUT_TABLES.set(lines);
         }
         r
