@@ -93,6 +93,7 @@ pub enum HostIsa {
     Avx2,
     /// x86-64 AVX-512 F/BW with VNNI (`vpdpbusd`). Where the CPU also has VBMI and GFNI (Ice
     /// Lake, Zen 4 and later), the `Lut3` GEMV uses them too; otherwise it runs the AVX2 one.
+    /// The `Base3` kernels need VBMI2 as well (the same CPUs).
     Avx512Vnni,
 }
 
@@ -165,9 +166,15 @@ pub enum TernaryLayout {
     /// 2 bits per value, one row after the other: the `maddubs` kernels' layout.
     Bits2,
     /// 5 bits per 3 values (1.67 bits per weight) in blocks of 32 rows, read by a table-lookup
-    /// GEMV (bitnet.cpp's TL2 idea): a sixth less memory and weight traffic than `Bits2`.
+    /// GEMV (bitnet.cpp's TL2 idea): a sixth less memory and weight traffic than `Bits2`. Each
+    /// group is a 4-bit magnitude and a sign, which `pshufb` (AVX2) looks up.
     #[default]
     Lut3,
+    /// `Lut3`'s blocks and size, each group stored as one 5-bit code (its balanced-ternary
+    /// value) in 16-bit words, which AVX-512 `vpermw` looks up 32 rows at a time: about twice
+    /// the `Lut3` GEMV's arithmetic rate. The preferred layout where the CPU has AVX-512 BW,
+    /// VNNI and VBMI2 ([`TernaryLayout::preferred`]); other paths run its scalar kernel.
+    Base3,
 }
 
 impl TernaryLayout {
@@ -175,11 +182,21 @@ impl TernaryLayout {
     pub fn stored_bytes(self, rows: usize, row_len: usize) -> usize {
         match self {
             Self::Bits2 => rows * crate::host::ternary::TernaryData::row_bytes(row_len),
-            Self::Lut3 => crate::host::ternary_lut::storage_bytes(rows, row_len),
+            Self::Lut3 | Self::Base3 => crate::host::ternary_lut::storage_bytes(rows, row_len),
         }
     }
 
-    /// `BITNET_HOST_TERNARY_LAYOUT` (`bits2`, `lut3`), read when a `DeviceSpec` is made.
+    /// The layout with the fastest kernels on `isa` on this CPU: `Base3` where its AVX-512
+    /// kernels run, else `Lut3`.
+    pub fn preferred(isa: HostIsa) -> Self {
+        if crate::host::kernels::ternary_lut::has_base3_kernels(isa) {
+            Self::Base3
+        } else {
+            Self::Lut3
+        }
+    }
+
+    /// `BITNET_HOST_TERNARY_LAYOUT` (`bits2`, `lut3`, `base3`), read when a `DeviceSpec` is made.
     pub fn from_env() -> Option<Self> {
         std::env::var("BITNET_HOST_TERNARY_LAYOUT")
             .ok()
@@ -193,7 +210,10 @@ impl std::str::FromStr for TernaryLayout {
         match s.to_ascii_lowercase().as_str() {
             "bits2" => Ok(Self::Bits2),
             "lut3" => Ok(Self::Lut3),
-            other => Err(format!("unknown ternary layout {other:?} (bits2, lut3)")),
+            "base3" => Ok(Self::Base3),
+            other => Err(format!(
+                "unknown ternary layout {other:?} (bits2, lut3, base3)"
+            )),
         }
     }
 }
@@ -234,7 +254,7 @@ pub struct DeviceSpec {
     /// `DeviceSpec::default()` takes it from `BITNET_HOST_ISA` when set.
     pub host_isa: Option<HostIsa>,
     /// Host backend: how ternary weights are stored. `None`: `BITNET_HOST_TERNARY_LAYOUT` when
-    /// set, else the default ([`TernaryLayout::Lut3`]).
+    /// set, else the best for the ISA ([`TernaryLayout::preferred`]).
     pub host_ternary_layout: Option<TernaryLayout>,
     /// Tenstorrent backend: the TT-NN shim library to load. `None` searches, in order:
     /// `$TTNN_C_LIB`; `libttnn_c.so` (or `.so.1`) next to the running executable, then in its
@@ -1001,5 +1021,29 @@ impl Drop for Allocation {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .release(&self.plan);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ternary_layouts_parse_and_base3_is_preferred_only_with_its_kernels() {
+        assert_eq!("BASE3".parse::<TernaryLayout>(), Ok(TernaryLayout::Base3));
+        assert_eq!("lut3".parse::<TernaryLayout>(), Ok(TernaryLayout::Lut3));
+        let e = "lut4".parse::<TernaryLayout>().unwrap_err();
+        assert!(e.contains("lut4") && e.contains("base3"), "{e}");
+        // Without AVX-512, `Base3` would run its portable kernels: `Lut3` is preferred.
+        assert_eq!(
+            TernaryLayout::preferred(HostIsa::Scalar),
+            TernaryLayout::Lut3
+        );
+        assert_eq!(TernaryLayout::preferred(HostIsa::Avx2), TernaryLayout::Lut3);
+        // The two table layouts take the same bytes.
+        assert_eq!(
+            TernaryLayout::Base3.stored_bytes(100, 77),
+            TernaryLayout::Lut3.stored_bytes(100, 77)
+        );
     }
 }

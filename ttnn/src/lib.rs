@@ -11,7 +11,8 @@
 //!   It accounts DRAM and per-core L1 as the modelled chip would, records and replays traces,
 //!   and runs every op with CPU kernels. Its storage is its own business: ternary weights on
 //!   the device are repacked by `to_device` into the layout its kernels read
-//!   (`TernaryLayout`: 5 bits per 3 values for a table-lookup GEMV, or 2 bits per value).
+//!   (`TernaryLayout`: 5 bits per 3 values for a table-lookup GEMV, as a magnitude and sign or
+//!   as one base-3 code, or 2 bits per value).
 //! - **tenstorrent**: a Tenstorrent chip through TT-NN, via the C ABI of `ttnn-sys`
 //!   (`libttnn_c.so`, loaded by `Device::open`; no SDK is needed to compile). Each op validates
 //!   its arguments once, as for the host, then calls the shim; `Ternary` tensors are stored as

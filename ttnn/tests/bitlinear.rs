@@ -117,10 +117,10 @@ proptest! {
         out_bf16 in any::<bool>(),
         magnitude in -3i32..4,
         zero_row in any::<bool>(),
-        lut3 in any::<bool>(),
+        layout in 0usize..3,
         seed in any::<u64>(),
     ) {
-        let layout = if lut3 { TernaryLayout::Lut3 } else { TernaryLayout::Bits2 };
+        let layout = [TernaryLayout::Bits2, TernaryLayout::Lut3, TernaryLayout::Base3][layout];
         let dev = Device::open(DeviceSpec::default().with_threads(2).with_ternary_layout(layout))
             .expect("device");
         let mut rng = Rng::new(seed);
@@ -357,7 +357,8 @@ fn input_rms_norm_replays_and_validates() {
 /// Shapes past the GEMM tiling (K blocks of up to 4096 values, 16 weight rows, quads of
 /// activation rows): K = 4200 splits in two blocks and a partial chunk, 37 outputs leave a
 /// partial tile, 7 rows a partial quad; exact integer sums make the result the reference's.
-/// The same shapes through the `Lut3` GEMM (partial blocks of 32 rows, runs of blocks).
+/// The same shapes through the `Lut3` and `Base3` GEMMs (partial blocks of 32 rows, runs of
+/// blocks), and `Base3` GEMVs (four blocks per kernel call, then the remainder).
 #[test]
 fn gemm_tiles_match_reference() {
     for (m, k, n, seed, layout) in [
@@ -367,6 +368,12 @@ fn gemm_tiles_match_reference() {
         (7, 4200, 37, 1, TernaryLayout::Lut3),
         (9, 6912, 300, 2, TernaryLayout::Lut3),
         (4, 4097, 16, 3, TernaryLayout::Lut3),
+        (7, 4200, 37, 1, TernaryLayout::Base3),
+        (9, 6912, 300, 2, TernaryLayout::Base3),
+        (4, 4097, 16, 3, TernaryLayout::Base3),
+        // GEMVs: quads of blocks and a partial quad, two threads.
+        (1, 2560, 700, 4, TernaryLayout::Base3),
+        (2, 6912, 260, 5, TernaryLayout::Base3),
     ] {
         let dev = Device::open(
             DeviceSpec::default()

@@ -127,7 +127,7 @@ impl HostDevice {
                         format!("BITNET_HOST_TERNARY_LAYOUT={v:?}: {e}"),
                     )
                 })?,
-                Err(_) => TernaryLayout::default(),
+                Err(_) => TernaryLayout::preferred(isa),
             },
         };
         if !isa.is_supported() {

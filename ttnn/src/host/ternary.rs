@@ -11,7 +11,7 @@
 
 //!
 //! That is the `Bits2` layout, the one host tensors use. A device of the host backend may store
-//! its ternary weights as `Lut3` instead (`host::ternary_lut`, chosen by
+//! its ternary weights as `Lut3` or `Base3` instead (`host::ternary_lut`, chosen by
 //! `DeviceSpec::host_ternary_layout`); `to_device` repacks.
 
 use super::ternary_lut as lut;
@@ -29,7 +29,7 @@ pub struct TernaryData {
     pub row_len: usize,
     pub layout: TernaryLayout,
     pub packed: Vec<u8>,
-    /// `Lut3`: each row's count of negated groups (empty for `Bits2`).
+    /// `Lut3`: each row's count of negated groups (empty for `Bits2` and `Base3`).
     pub neg: Vec<i32>,
 }
 
@@ -61,13 +61,21 @@ impl TernaryData {
                 packed: vec![0x55; rows * Self::row_bytes(row_len)],
                 neg: Vec::new(),
             },
-            // Index 0 with a clear sign is zero: a zeroed allocation, mapped on first touch.
-            TernaryLayout::Lut3 => Self {
+            // Index 0 with a clear sign (`Lut3`) and code 0 (`Base3`) are zero: a zeroed
+            // allocation, mapped on first touch.
+            TernaryLayout::Lut3 | TernaryLayout::Base3 => Self {
                 rows,
                 row_len,
                 layout,
                 packed: vec![0; lut::storage_bytes(rows, row_len)],
-                neg: vec![0; rows],
+                neg: vec![
+                    0;
+                    if layout == TernaryLayout::Lut3 {
+                        rows
+                    } else {
+                        0
+                    }
+                ],
             },
         }
     }
@@ -81,9 +89,14 @@ impl TernaryData {
         if self.layout == TernaryLayout::Bits2 {
             // Row by row (a 2B-4T checkpoint repacks two billion values at load).
             let row_len = self.row_len;
-            lut::pack_rows_with(self.rows, row_len, &mut t.packed, &mut t.neg, |r, buf| {
-                self.unpack_row(r, buf)
-            });
+            lut::pack_rows_with(
+                layout,
+                self.rows,
+                row_len,
+                &mut t.packed,
+                &mut t.neg,
+                |r, buf| self.unpack_row(r, buf),
+            );
         } else {
             t.pack_slice(&self.unpack());
         }
@@ -121,8 +134,9 @@ impl TernaryData {
     /// has two billion weights to pack at load).
     pub fn pack_slice(&mut self, values: &[i8]) {
         assert_eq!(values.len(), self.rows * self.row_len, "value count");
-        if self.layout == TernaryLayout::Lut3 {
+        if self.layout != TernaryLayout::Bits2 {
             lut::pack_rows(
+                self.layout,
                 values,
                 self.rows,
                 self.row_len,
@@ -167,7 +181,7 @@ impl TernaryData {
 
     /// Repacks in place from row-major values in {-1, 0, 1} (no allocation).
     pub fn pack_from(&mut self, mut values: impl Iterator<Item = i8>) {
-        if self.layout == TernaryLayout::Lut3 {
+        if self.layout != TernaryLayout::Bits2 {
             let n = self.rows * self.row_len;
             let v: Vec<i8> = (0..n).map(|_| values.next().unwrap_or(0)).collect();
             self.pack_slice(&v);
@@ -211,8 +225,10 @@ impl TernaryData {
     /// Value at (`r`, `c`).
     #[inline]
     pub fn get(&self, r: usize, c: usize) -> i8 {
-        if self.layout == TernaryLayout::Lut3 {
-            return lut::get(&self.packed, self.row_len, r, c);
+        match self.layout {
+            TernaryLayout::Lut3 => return lut::get(&self.packed, self.row_len, r, c),
+            TernaryLayout::Base3 => return lut::get_base3(&self.packed, self.row_len, r, c),
+            TernaryLayout::Bits2 => {}
         }
         let (byte, shift) = place(c);
         (((self.row(r)[byte] >> shift) & 3) as i8) - 1
@@ -263,10 +279,14 @@ mod tests {
             let p = TernaryData::pack(&values, rows, row_len);
             prop_assert_eq!(p.packed.len(), rows * row_len.div_ceil(CHUNK) * CHUNK_BYTES);
             prop_assert_eq!(&p.unpack(), &values);
-            let l = p.to_layout(TernaryLayout::Lut3);
-            prop_assert_eq!(l.packed.len(), lut::storage_bytes(rows, row_len));
-            prop_assert_eq!(&l.unpack(), &values);
-            prop_assert_eq!(l.to_layout(TernaryLayout::Bits2), p);
+            for layout in [TernaryLayout::Lut3, TernaryLayout::Base3] {
+                let l = p.to_layout(layout);
+                prop_assert_eq!(l.packed.len(), lut::storage_bytes(rows, row_len));
+                prop_assert_eq!(&l.unpack(), &values);
+                prop_assert_eq!(&l.to_layout(TernaryLayout::Bits2), &p);
+            }
+            let b = p.to_layout(TernaryLayout::Lut3).to_layout(TernaryLayout::Base3);
+            prop_assert_eq!(b, p.to_layout(TernaryLayout::Base3));
         }
     }
 

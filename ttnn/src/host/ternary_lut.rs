@@ -19,6 +19,17 @@
 //!
 //! Each row also keeps its number of negated groups ([`pack_rows`]): the AVX2 kernel negates
 //! with a bitwise not (`-v - 1`) and adds that count back.
+//!
+//! The `Base3` layout has the same blocks, segments and size, but stores each group as one
+//! 5-bit code, the triple's balanced-ternary value `t0 + 3 t1 + 9 t2` (-13..=13) in two's
+//! complement ([`base3_code`]; the zero triple is code 0). Its table holds, per group, the 32
+//! entries of every code as 16-bit words (64 bytes; codes 14-18 never occur), so one AVX-512
+//! `vpermw` looks up a group for 32 rows with no sign or byte handling. Per segment of a block:
+//! - 5 x 64 bytes, the `j`-th 64 holding each row's word `j` (row `i` at bytes `2i`, `2i + 1`,
+//!   little-endian): bits 0-4, 5-9 and 10-14 are the codes of groups `3j`, `3j + 1`, `3j + 2`,
+//!   and bit 15 is bit `4 - j` of group 15's code.
+
+use crate::device::TernaryLayout;
 
 /// Rows per block.
 pub const LUT_ROWS: usize = 32;
@@ -30,6 +41,28 @@ pub const SEG_BYTES: usize = 320;
 pub const SIGN_OFFSET: usize = 256;
 /// Bytes of a group's table: 16 low bytes, then 16 high bytes of the 16-bit dot products.
 pub const TABLE_BYTES: usize = 32;
+
+/// Bytes of a `Base3` group's table: 32 words.
+pub const BASE3_TABLE_BYTES: usize = 64;
+/// Bytes of one word of a `Base3` segment for the 32 rows of a block.
+pub const BASE3_WORD_BYTES: usize = 64;
+
+/// The `Base3` code of a triple in {-1, 0, 1}: `t0 + 3 t1 + 9 t2` in 5-bit two's complement.
+#[inline]
+pub fn base3_code(t: [i8; 3]) -> u16 {
+    ((t[0] + 3 * t[1] + 9 * t[2]) as u16) & 31
+}
+
+/// The triple of a `Base3` code (the zero triple for the unused codes 14-18).
+#[inline]
+pub fn base3_triple(code: u16) -> [i8; 3] {
+    let v = ((code as i8) << 3) >> 3;
+    if v.abs() > 13 {
+        return [0; 3];
+    }
+    let u = v + 13;
+    [u % 3 - 1, u / 3 % 3 - 1, u / 9 - 1]
+}
 
 /// The 14 magnitudes (then two unused all-zero entries): the zero triple, then every triple
 /// whose first non-zero value is +1.
@@ -101,12 +134,19 @@ fn place(row_len: usize, r: usize, g: usize) -> ((usize, u32), (usize, u32)) {
     )
 }
 
-/// Packs row-major values in {-1, 0, 1} (`rows * row_len`) into `packed`
-/// ([`storage_bytes`]; every byte is written) and each row's count of negated groups into
-/// `neg` (`rows`).
-pub fn pack_rows(values: &[i8], rows: usize, row_len: usize, packed: &mut [u8], neg: &mut [i32]) {
+/// Packs row-major values in {-1, 0, 1} (`rows * row_len`) into `packed` in `layout` (`Lut3`
+/// or `Base3`; [`storage_bytes`]; every byte is written) and, for `Lut3`, each row's count of
+/// negated groups into `neg` (`rows`; empty for `Base3`).
+pub fn pack_rows(
+    layout: TernaryLayout,
+    values: &[i8],
+    rows: usize,
+    row_len: usize,
+    packed: &mut [u8],
+    neg: &mut [i32],
+) {
     assert_eq!(values.len(), rows * row_len, "value count");
-    pack_rows_with(rows, row_len, packed, neg, |r, buf| {
+    pack_rows_with(layout, rows, row_len, packed, neg, |r, buf| {
         buf.copy_from_slice(&values[r * row_len..(r + 1) * row_len])
     });
 }
@@ -114,14 +154,21 @@ pub fn pack_rows(values: &[i8], rows: usize, row_len: usize, packed: &mut [u8], 
 /// [`pack_rows`] with each row's values written into a buffer by `row(r, buf)` (`row_len`
 /// values): how another layout is repacked without unpacking the whole matrix first.
 pub fn pack_rows_with(
+    layout: TernaryLayout,
     rows: usize,
     row_len: usize,
     packed: &mut [u8],
     neg: &mut [i32],
     row: impl Fn(usize, &mut [i8]) + Sync,
 ) {
+    let base3 = match layout {
+        TernaryLayout::Lut3 => false,
+        TernaryLayout::Base3 => true,
+        TernaryLayout::Bits2 => panic!("pack_rows_with packs the table layouts only"),
+    };
     assert_eq!(packed.len(), storage_bytes(rows, row_len), "storage size");
-    assert_eq!(neg.len(), rows, "one count per row");
+    let counts = if base3 { 0 } else { rows };
+    assert_eq!(neg.len(), counts, "one count per row (Lut3), none (Base3)");
     let bb = block_bytes(row_len);
     let nb = blocks(rows);
     // Large matrices on every core: blocks are independent (a 2B-4T checkpoint has two billion
@@ -142,7 +189,7 @@ pub fn pack_rows_with(
             let (mine, rest) = std::mem::take(&mut negs).split_at_mut(take);
             negs = rest;
             let row = &row;
-            let mut job = move || pack_blocks(t * per, rows, row_len, part, mine, row);
+            let mut job = move || pack_blocks(base3, t * per, rows, row_len, part, mine, row);
             // The last part on this thread.
             if t + 1 == parts {
                 job();
@@ -153,8 +200,10 @@ pub fn pack_rows_with(
     });
 }
 
-/// Packs the blocks in `packed` (starting with block `b0`) with their rows' counts in `neg`.
+/// Packs the blocks in `packed` (starting with block `b0`) in `Base3` (`base3`) or `Lut3`, with
+/// the `Lut3` rows' counts of negated groups in `neg`. Rows past the matrix are packed zero.
 fn pack_blocks(
+    base3: bool,
     b0: usize,
     rows: usize,
     row_len: usize,
@@ -168,41 +217,112 @@ fn pack_blocks(
     for (bl, block) in packed.chunks_exact_mut(bb).enumerate() {
         for i in 0..LUT_ROWS {
             let r = (b0 + bl) * LUT_ROWS + i;
-            if r >= rows {
-                // Rows past the matrix: zero.
-                for seg in block.chunks_exact_mut(SEG_BYTES) {
-                    for j in (i..SEG_BYTES).step_by(32) {
-                        seg[j] = 0;
-                    }
-                }
-                continue;
+            if r < rows {
+                row(r, &mut buf[..row_len]);
+            } else {
+                buf.fill(0);
             }
-            row(r, &mut buf[..row_len]);
-            let mut count = 0;
-            for (s, seg) in block.chunks_exact_mut(SEG_BYTES).enumerate() {
-                let mut signs = [0u8; 2];
-                for p in 0..SEG_GROUPS / 2 {
-                    let mut byte = 0u8;
-                    for w in 0..2 {
-                        let k = 2 * p + w;
-                        let c = 3 * (s * SEG_GROUPS + k);
-                        let t = &buf[c..c + 3];
-                        let code =
-                            (t[0] + 1) as usize + 3 * (t[1] + 1) as usize + 9 * (t[2] + 1) as usize;
-                        let (idx, negated) = ENCODE[code];
-                        byte |= idx << (4 * w);
-                        // Branch-free: random weights flip the sign half the time.
-                        signs[k / 8] |= (negated as u8) << (7 - k % 8);
-                        count += negated as i32;
-                    }
-                    seg[32 * p + i] = byte;
+            if base3 {
+                encode_base3(block, i, &buf);
+            } else {
+                let count = encode_lut3(block, i, &buf);
+                if r < rows {
+                    neg[r - b0 * LUT_ROWS] = count;
                 }
-                seg[SIGN_OFFSET + i] = signs[0];
-                seg[SIGN_OFFSET + 32 + i] = signs[1];
             }
-            neg[r - b0 * LUT_ROWS] = count;
         }
     }
+}
+
+/// Writes row `i` of a `Lut3` block from its values (whole segments) and returns its count of
+/// negated groups.
+fn encode_lut3(block: &mut [u8], i: usize, values: &[i8]) -> i32 {
+    let mut count = 0;
+    for (s, seg) in block.chunks_exact_mut(SEG_BYTES).enumerate() {
+        let mut signs = [0u8; 2];
+        for p in 0..SEG_GROUPS / 2 {
+            let mut byte = 0u8;
+            for w in 0..2 {
+                let k = 2 * p + w;
+                let c = 3 * (s * SEG_GROUPS + k);
+                let t = &values[c..c + 3];
+                let code = (t[0] + 1) as usize + 3 * (t[1] + 1) as usize + 9 * (t[2] + 1) as usize;
+                let (idx, negated) = ENCODE[code];
+                byte |= idx << (4 * w);
+                // Branch-free: random weights flip the sign half the time.
+                signs[k / 8] |= (negated as u8) << (7 - k % 8);
+                count += negated as i32;
+            }
+            seg[32 * p + i] = byte;
+        }
+        seg[SIGN_OFFSET + i] = signs[0];
+        seg[SIGN_OFFSET + 32 + i] = signs[1];
+    }
+    count
+}
+
+/// Writes row `i` of a `Base3` block from its values (whole segments).
+fn encode_base3(block: &mut [u8], i: usize, values: &[i8]) {
+    for (s, seg) in block.chunks_exact_mut(SEG_BYTES).enumerate() {
+        let code = |k: usize| {
+            let c = 3 * (s * SEG_GROUPS + k);
+            base3_code([values[c], values[c + 1], values[c + 2]])
+        };
+        let last = code(15);
+        for j in 0..5 {
+            let w = code(3 * j)
+                | (code(3 * j + 1) << 5)
+                | (code(3 * j + 2) << 10)
+                | (((last >> (4 - j)) & 1) << 15);
+            let at = BASE3_WORD_BYTES * j + 2 * i;
+            seg[at..at + 2].copy_from_slice(&w.to_le_bytes());
+        }
+    }
+}
+
+/// Value at (`r`, `c`) of a `Base3` matrix with rows of `row_len`.
+#[inline]
+pub fn get_base3(packed: &[u8], row_len: usize, r: usize, c: usize) -> i8 {
+    let (b, i) = (r / LUT_ROWS, r % LUT_ROWS);
+    let (g, k) = (c / 3, (c / 3) % SEG_GROUPS);
+    let seg = b * block_bytes(row_len) + g / SEG_GROUPS * SEG_BYTES;
+    let word = |j: usize| {
+        let at = seg + BASE3_WORD_BYTES * j + 2 * i;
+        u16::from_le_bytes([packed[at], packed[at + 1]])
+    };
+    let code = if k < 15 {
+        (word(k / 3) >> (5 * (k % 3))) & 31
+    } else {
+        (0..5).fold(0, |acc, j| acc | ((word(j) >> 15) << (4 - j)))
+    };
+    base3_triple(code)[c % 3]
+}
+
+/// Fills `table` (`groups * BASE3_TABLE_BYTES` bytes) with each group's dot product of the
+/// activations `q` (zero past their end) with the triple of every `Base3` code, as 32
+/// little-endian 16-bit words (0 for the unused codes). Values of `q` past the groups must be
+/// zero (padding).
+pub fn build_table_base3(q: &[i8], table: &mut [u8]) {
+    let q = group_values(q, table.len() / BASE3_TABLE_BYTES);
+    for (g, t) in table.chunks_exact_mut(BASE3_TABLE_BYTES).enumerate() {
+        let a = |j: usize| q.get(3 * g + j).map_or(0, |&v| v as i16);
+        for (e, dst) in t.chunks_exact_mut(2).enumerate() {
+            let tr = base3_triple(e as u16);
+            let v: i16 = (0..3).map(|j| tr[j] as i16 * a(j)).sum();
+            dst.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// The activations of a table's `groups` groups: `q` up to them, after checking that the rest
+/// is zero padding.
+fn group_values(q: &[i8], groups: usize) -> &[i8] {
+    let (q, past) = q.split_at(q.len().min(3 * groups));
+    assert!(
+        past.iter().all(|&v| v == 0),
+        "non-zero activations past the table's groups"
+    );
+    q
 }
 
 /// Value at (`r`, `c`) of a packed matrix with rows of `row_len`.
@@ -218,12 +338,7 @@ pub fn get(packed: &[u8], row_len: usize, r: usize, c: usize) -> i8 {
 /// the activations `q` (zero past their end) with [`PATTERNS`], as low and high bytes. Values
 /// of `q` past the groups must be zero (padding).
 pub fn build_table(q: &[i8], table: &mut [u8]) {
-    let groups = table.len() / TABLE_BYTES;
-    let (q, past) = q.split_at(q.len().min(3 * groups));
-    assert!(
-        past.iter().all(|&v| v == 0),
-        "non-zero activations past the table's groups"
-    );
+    let q = group_values(q, table.len() / TABLE_BYTES);
     for (g, t) in table.chunks_exact_mut(TABLE_BYTES).enumerate() {
         let a = |j: usize| q.get(3 * g + j).map_or(0, |&v| v as i16);
         let (a0, a1, a2) = (a(0), a(1), a(2));
@@ -280,30 +395,81 @@ mod tests {
         }
     }
 
+    /// Both references hold each group's dot product with every entry's triple (`Lut3`: the
+    /// 16 patterns as low and high bytes; `Base3`: the 32 codes as words).
     #[test]
-    fn table_entries_are_the_patterns_dot_products() {
+    fn table_entries_are_the_triples_dot_products() {
         let q = [-128i8, 127, -7, 5];
-        let mut t = vec![0u8; 2 * TABLE_BYTES];
-        build_table(&q, &mut t);
+        let mut lut3 = vec![0u8; 2 * TABLE_BYTES];
+        build_table(&q, &mut lut3);
+        let mut base3 = vec![0u8; 2 * BASE3_TABLE_BYTES];
+        build_table_base3(&q, &mut base3);
         for g in 0..2 {
             let a: Vec<i32> = (0..3)
                 .map(|j| *q.get(3 * g + j).unwrap_or(&0) as i32)
                 .collect();
+            let dot = |t: [i8; 3]| -> i32 { t.iter().zip(&a).map(|(&w, &x)| w as i32 * x).sum() };
             for (m, p) in PATTERNS.iter().enumerate() {
-                let want: i32 = p.iter().zip(&a).map(|(&w, &x)| w as i32 * x).sum();
-                let got = i16::from_le_bytes([t[32 * g + m], t[32 * g + 16 + m]]);
-                assert_eq!(got as i32, want, "group {g} pattern {m}");
+                let got = i16::from_le_bytes([lut3[32 * g + m], lut3[32 * g + 16 + m]]);
+                assert_eq!(got as i32, dot(*p), "group {g} pattern {m}");
             }
+            for e in 0..32u16 {
+                let at = BASE3_TABLE_BYTES * g + 2 * e as usize;
+                let got = i16::from_le_bytes([base3[at], base3[at + 1]]);
+                assert_eq!(got as i32, dot(base3_triple(e)), "group {g} code {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn base3_codes_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for code in 0..27 {
+            let t = [
+                (code % 3) as i8 - 1,
+                (code / 3 % 3) as i8 - 1,
+                (code / 9) as i8 - 1,
+            ];
+            let c = base3_code(t);
+            assert!(c < 32 && !(14..=18).contains(&c), "{t:?} -> {c}");
+            assert_eq!(base3_triple(c), t);
+            assert!(seen.insert(c));
+        }
+        assert_eq!(base3_code([0, 0, 0]), 0);
+        for c in 14..=18 {
+            assert_eq!(base3_triple(c), [0; 3]);
         }
     }
 
     proptest! {
         #[test]
+        fn base3_pack_get_round_trips(rows in 1usize..70, row_len in 1usize..100, seed in any::<u64>()) {
+            let values = random_ternary(rows * row_len, seed);
+            let mut packed = vec![0xa5u8; storage_bytes(rows, row_len)];
+            pack_rows(TernaryLayout::Base3, &values, rows, row_len, &mut packed, &mut []);
+            for r in 0..rows {
+                for c in 0..row_len {
+                    prop_assert_eq!(get_base3(&packed, row_len, r, c), values[r * row_len + c]);
+                }
+                // Padding groups are zero.
+                for c in row_len..3 * groups(row_len) {
+                    prop_assert_eq!(get_base3(&packed, row_len, r, c), 0);
+                }
+            }
+            // Rows past the matrix are zero codes.
+            for r in rows..blocks(rows) * LUT_ROWS {
+                for c in 0..3 * groups(row_len) {
+                    prop_assert_eq!(get_base3(&packed, row_len, r, c), 0);
+                }
+            }
+        }
+
+        #[test]
         fn pack_get_round_trips(rows in 1usize..70, row_len in 1usize..100, seed in any::<u64>()) {
             let values = random_ternary(rows * row_len, seed);
             let mut packed = vec![0u8; storage_bytes(rows, row_len)];
             let mut neg = vec![0i32; rows];
-            pack_rows(&values, rows, row_len, &mut packed, &mut neg);
+            pack_rows(TernaryLayout::Lut3, &values, rows, row_len, &mut packed, &mut neg);
             for r in 0..rows {
                 for c in 0..row_len {
                     prop_assert_eq!(get(&packed, row_len, r, c), values[r * row_len + c]);

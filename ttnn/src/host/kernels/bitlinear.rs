@@ -13,7 +13,7 @@ use super::eltwise::SendPtr;
 use super::norm::rms_norm_row;
 use super::ternary_dot::{dot_codes, dot_codes_rows};
 use super::ternary_lut::{
-    build_table_isa, gemm_block, has_gemm_kernel, lut_block, table_group_bytes,
+    build_table_isa, gemm_block, has_gemm_kernel, lut_block, lut_blocks, table_group_bytes,
 };
 use super::{read_f32, write_f32};
 use crate::device::{HostIsa, TernaryLayout};
@@ -66,8 +66,10 @@ fn grow_tables(lines: &mut Vec<TableLine>, bytes: usize) {
 /// is ~1 us of arithmetic per row, but the shared tables' lines had to travel between the cores'
 /// caches (written by one core, read by both), and the build (a pool region of its own) took
 /// 2-5 % of a 2-thread decode step, most of it waiting on those stores.
+#[allow(clippy::too_many_arguments)] // the tables' inputs and the work on them
 fn with_gemv_tables<R>(
     isa: HostIsa,
+    layout: TernaryLayout,
     q: &[i8],
     kp: usize,
     rows: usize,
@@ -80,9 +82,9 @@ fn with_gemv_tables<R>(
         grow_tables(lines, rows * table_bytes);
         let tables = &mut line_bytes(lines)[..rows * table_bytes];
         if TABLES_STAMP.get() != stamp {
-            let span = 3 * (table_bytes / table_group_bytes(isa)) + 1;
+            let span = 3 * (table_bytes / table_group_bytes(isa, layout)) + 1;
             for (r, t) in tables.chunks_exact_mut(table_bytes.max(1)).enumerate() {
-                build_table_isa(isa, &q[r * kp..r * kp + span], t);
+                build_table_isa(isa, layout, &q[r * kp..r * kp + span], t);
             }
             TABLES_STAMP.set(stamp);
         }
@@ -122,8 +124,10 @@ enum Tables<'a> {
 /// for a GEMM that decodes the weights instead (`gemm_block`).
 fn table_bytes(isa: HostIsa, w: &TernaryData, rows: usize, k: usize) -> usize {
     match w.layout {
-        TernaryLayout::Lut3 if rows < GEMV_MAX_ROWS || !has_gemm_kernel(isa) => {
-            rows * lut::groups(k) * table_group_bytes(isa)
+        TernaryLayout::Lut3 | TernaryLayout::Base3
+            if rows < GEMV_MAX_ROWS || !has_gemm_kernel(isa, w.layout) =>
+        {
+            rows * lut::groups(k) * table_group_bytes(isa, w.layout)
         }
         _ => 0,
     }
@@ -326,11 +330,18 @@ struct RowNorm<'a> {
 /// Groups per task of [`build_tables`] (a multiple of a segment's 16).
 const TABLE_TASK_GROUPS: usize = 256;
 
-/// Builds the `Lut3` table of each of the quantized rows of `q` (`kp` apart) into `tables`
+/// Builds the `Lut3` or `Base3` (`layout`) table of each of the quantized rows of `q` (`kp` apart) into `tables`
 /// (`bytes` per row), split by groups over the pool: the shared tables of a GEMM without the
 /// decoding kernel, one per activation row (a GEMV's are per thread, `with_gemv_tables`).
-fn build_tables(ctx: &HostCtx<'_>, q: &[i8], kp: usize, tables: &mut [u8], bytes: usize) {
-    let (isa, gb) = (ctx.isa, table_group_bytes(ctx.isa));
+fn build_tables(
+    ctx: &HostCtx<'_>,
+    layout: TernaryLayout,
+    q: &[i8],
+    kp: usize,
+    tables: &mut [u8],
+    bytes: usize,
+) {
+    let (isa, gb) = (ctx.isa, table_group_bytes(ctx.isa, layout));
     let groups = bytes / gb;
     let per_row = groups.div_ceil(TABLE_TASK_GROUPS);
     let rows = tables.len() / bytes.max(1);
@@ -349,7 +360,7 @@ fn build_tables(ctx: &HostCtx<'_>, q: &[i8], kp: usize, tables: &mut [u8], bytes
             std::slice::from_raw_parts_mut(tp.get().add(r * bytes + g0 * gb), (g1 - g0) * gb)
         };
         // A group's entries depend on its own three values only; the builder reads one more.
-        build_table_isa(isa, &q[r * kp + 3 * g0..r * kp + 3 * g1 + 1], dst);
+        build_table_isa(isa, layout, &q[r * kp + 3 * g0..r * kp + 3 * g1 + 1], dst);
     };
     ctx.pool.run(rows * per_row, &task);
 }
@@ -541,6 +552,7 @@ impl HostCommand for BitLinearCmd {
             TABLES_STAMP.set(0);
             build_tables(
                 ctx,
+                w.layout,
                 &self.q,
                 kp,
                 &mut tables[..rows * table_bytes],
@@ -606,8 +618,8 @@ impl BitLinearCmd {
                 dequant_run(isa, dst, accs, d);
             };
             let put_row = |r: usize, j0: usize, accs: &[i32]| put(r, j0, accs, true);
-            if w.layout == TernaryLayout::Lut3 {
-                // Work split by blocks of 32 weight rows.
+            if w.layout != TernaryLayout::Bits2 {
+                // `Lut3` and `Base3`: work split by blocks of 32 weight rows.
                 let bb = lut::block_bytes(k);
                 let shared = match tables {
                     Tables::Shared(t) => t,
@@ -618,26 +630,56 @@ impl BitLinearCmd {
                     let j0 = b * LUT_ROWS;
                     put(r, j0, &accs[..(n - j0).min(LUT_ROWS)], false);
                 };
-                let kernel = |range: std::ops::Range<usize>| {
+                // A `Base3` GEMV runs four blocks per kernel call, so its work is split in
+                // whole quads of blocks (`unit`); everything else by blocks.
+                let base3_gemv =
+                    w.layout == TernaryLayout::Base3 && matches!(tables, Tables::PerThread { .. });
+                let unit = if base3_gemv { BASE3_GEMV_BLOCKS } else { 1 };
+                let nb = lut::blocks(n);
+                let kernel = |units: std::ops::Range<usize>| {
+                    let range = units.start * unit..(units.end * unit).min(nb);
                     let task = &w.packed[range.start * bb..range.end * bb];
                     if let Tables::PerThread { stamp } = tables {
-                        // A GEMV (decode): the blocks in order, one sequential stream, with the
-                        // bytes LUT_PREFETCH_BYTES ahead prefetched (within the task's blocks).
-                        with_gemv_tables(isa, q, kp, rows, table_bytes, stamp, |t| {
-                            let mut accs = [[0i32; LUT_ROWS]];
-                            for b in range.clone() {
-                                let start = (b - range.start) * bb + LUT_PREFETCH_BYTES;
-                                let pf = &task[start.min(task.len())..(start + bb).min(task.len())];
+                        with_gemv_tables(isa, w.layout, q, kp, rows, table_bytes, stamp, |t| {
+                            let mut b = range.start;
+                            while b < range.end {
+                                let tr = |r: usize| &t[r * table_bytes..(r + 1) * table_bytes];
+                                let done = (b - range.start) * bb;
+                                if base3_gemv && b + BASE3_GEMV_BLOCKS <= range.end {
+                                    // A `Base3` GEMV: four blocks per call, each table line
+                                    // serving the four; the kernel hints each block's stream a
+                                    // few segments ahead, into the task's next blocks.
+                                    let next = &task[done + BASE3_GEMV_BLOCKS * bb..];
+                                    for r in 0..rows {
+                                        let mut accs = [[0i32; LUT_ROWS]; BASE3_GEMV_BLOCKS];
+                                        lut_blocks(isa, tr(r), w, b, &mut accs, next);
+                                        for (i, a) in accs.iter().enumerate() {
+                                            block_out(b + i, a, r);
+                                        }
+                                    }
+                                    b += BASE3_GEMV_BLOCKS;
+                                    continue;
+                                }
+                                // One block per call: a sequential stream, with the bytes
+                                // LUT_PREFETCH_BYTES ahead hinted (within the task's blocks);
+                                // `Base3` hints its next block the same way as above.
+                                let pf = if base3_gemv {
+                                    &task[done + bb..]
+                                } else {
+                                    let start = (done + LUT_PREFETCH_BYTES).min(task.len());
+                                    &task[start..(start + bb).min(task.len())]
+                                };
                                 for r in 0..rows {
-                                    let tr = &t[r * table_bytes..(r + 1) * table_bytes];
-                                    lut_block(isa, &[tr], w, b, &mut accs, pf);
+                                    let mut accs = [[0i32; LUT_ROWS]];
+                                    lut_block(isa, &[tr(r)], w, b, &mut accs, pf);
                                     block_out(b, &accs[0], r);
                                 }
+                                b += 1;
                             }
                         });
                         return;
                     }
-                    if has_gemm_kernel(isa) {
+                    if has_gemm_kernel(isa, w.layout) {
                         // A GEMM (prefill): each block decoded once per GEMM_ROWS activation
                         // rows (outputs on the stack: a replay allocates nothing).
                         let mut accs = [[0i32; LUT_ROWS]; GEMM_ROWS];
@@ -682,15 +724,15 @@ impl BitLinearCmd {
                         b0 = b1;
                     }
                 };
-                let nb = lut::blocks(n);
+                let units = nb.div_ceil(unit);
                 let work = rows * k * n;
                 if threads == 1 || work < PAR_MIN_WORK {
-                    kernel(0..nb);
+                    kernel(0..units);
                 } else {
                     let tasks = (work / TASK_MIN_WORK)
                         .clamp(1, threads * RANGES_PER_THREAD)
-                        .min(nb);
-                    ctx.pool.for_ranges(nb, tasks, &kernel);
+                        .min(units);
+                    ctx.pool.for_ranges(units, tasks, &kernel);
                 }
                 return;
             }
@@ -744,6 +786,11 @@ impl BitLinearCmd {
 /// overlap (criterion dram_8x_ffn_gate, AVX-512: 1 thread 8.6-9.7 -> 17.9 GB/s, 2 threads
 /// 16-22 -> 30.8 GB/s; a plain read streams 25 and 28-31 GB/s on this machine).
 const LUT_PREFETCH_BYTES: usize = 16 << 10;
+
+/// Blocks per `Base3` GEMV kernel call (`lut_blocks`): each table line loaded serves 128
+/// weight rows. criterion `bitlinear_gemv_GBps` (1 thread, AVX-512): one block per call 20 GB/s
+/// from L3 and 9 from DRAM, two 30 and 12-14, four 34-35 and 22-24 (`Lut3`: 20 and 17-18).
+const BASE3_GEMV_BLOCKS: usize = 4;
 
 /// Activation rows per `Lut3` GEMM kernel call (8 KiB of outputs on the stack).
 const GEMM_ROWS: usize = 64;

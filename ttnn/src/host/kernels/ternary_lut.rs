@@ -4,19 +4,24 @@
 //! and multiplies them with `maddubs` (AVX2) or `vpdpbusd` (AVX-512 VNNI) by every activation
 //! row. Scalar, AVX2 and AVX-512 versions (the GEMV's where the CPU also has VBMI and GFNI);
 //! all exact, so they agree bit for bit.
+//!
+//! The same for `Base3` weights (the layout picks the kernels): a `vpermw` GEMV and a GEMM that
+//! decodes the codes with `vpermw` for the `Lut3` GEMM's `vpdpbusd` loop, both AVX-512 with
+//! VBMI2 ([`has_base3_kernels`]), and scalar versions for every other path.
 
-use crate::device::HostIsa;
+use crate::device::{HostIsa, TernaryLayout};
 use crate::host::ternary::TernaryData;
 use crate::host::ternary_lut::{
-    LUT_ROWS, PATTERNS, SEG_BYTES, SEG_GROUPS, SIGN_OFFSET, TABLE_BYTES, block_bytes, build_table,
-    groups,
+    BASE3_TABLE_BYTES, BASE3_WORD_BYTES, LUT_ROWS, PATTERNS, SEG_BYTES, SEG_GROUPS, SIGN_OFFSET,
+    TABLE_BYTES, block_bytes, build_table, build_table_base3, groups,
 };
 
 /// `out[t][i] = sum_c w[32 b + i][c] * q_t[c]` for the 32 rows of block `b` of `w` (rows past
 /// the matrix give 0) and `T` activation rows, where `tables[t]` is `build_table(q_t)`
 /// (`groups(w.row_len)` groups): a GEMV for `T = 1`, a GEMM's inner step for more, where each
 /// weight group's indices and signs, decoded once, serve the `T` rows. Hints for `prefetch`
-/// (the bytes wanted next, e.g. a later block) are spread over the loop.
+/// (the bytes wanted next, e.g. a later block) are spread over the loop; for `Base3` weights
+/// `prefetch` is the bytes after block `b` that are read next (see [`lut_blocks`]).
 pub(crate) fn lut_block<const T: usize>(
     isa: HostIsa,
     tables: &[&[u8]; T],
@@ -28,11 +33,28 @@ pub(crate) fn lut_block<const T: usize>(
     let bb = block_bytes(w.row_len);
     let g = groups(w.row_len);
     assert!(
-        tables.iter().all(|t| t.len() >= g * table_group_bytes(isa))
+        tables
+            .iter()
+            .all(|t| t.len() >= g * table_group_bytes(isa, w.layout))
             && w.packed.len() >= (b + 1) * bb,
         "table shorter than the row's groups, or block out of range"
     );
     let block = &w.packed[b * bb..(b + 1) * bb];
+    if w.layout == TernaryLayout::Base3 {
+        #[cfg(target_arch = "x86_64")]
+        if has_base3_kernels(isa) {
+            let one = std::slice::from_mut(out);
+            let one: &mut [[[i32; LUT_ROWS]; T]; 1] = one.try_into().expect("one block");
+            // SAFETY: `has_base3_kernels` detected AVX-512 F/BW/VBMI2; lengths asserted above
+            // (`table_group_bytes` per group, `g / 16` segments in `block`).
+            unsafe { x86::block_base3_avx512(tables, block, g / SEG_GROUPS, one, prefetch) };
+            return;
+        }
+        for (t, o) in tables.iter().zip(out.iter_mut()) {
+            block_base3_scalar(t, block, g / SEG_GROUPS, o);
+        }
+        return;
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         HostIsa::Avx512Vnni if has_avx512_lut(isa) => {
@@ -63,6 +85,42 @@ pub(crate) fn lut_block<const T: usize>(
     }
 }
 
+/// [`lut_block`] for one activation row over the `R` blocks `b0..b0 + R` of `w` at once. Where
+/// the `Base3` AVX-512 kernel runs, each table line it loads serves the `R` blocks, and `next`
+/// (the bytes after the blocks that the caller reads next, e.g. the rest of its task) is hinted
+/// a few segments ahead of each block's stream; otherwise the blocks run one after the other,
+/// without hints.
+pub(crate) fn lut_blocks<const R: usize>(
+    isa: HostIsa,
+    table: &[u8],
+    w: &TernaryData,
+    b0: usize,
+    out: &mut [[i32; LUT_ROWS]; R],
+    next: &[u8],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if w.layout == TernaryLayout::Base3 && has_base3_kernels(isa) {
+        let (bb, g) = (block_bytes(w.row_len), groups(w.row_len));
+        assert!(
+            table.len() >= g * BASE3_TABLE_BYTES && w.packed.len() >= (b0 + R) * bb,
+            "table shorter than the row's groups, or blocks out of range"
+        );
+        let mut one = [[[0i32; LUT_ROWS]; 1]; R];
+        let blocks = &w.packed[b0 * bb..(b0 + R) * bb];
+        // SAFETY: `has_base3_kernels` detected AVX-512 F/BW/VBMI2; lengths asserted (`R`
+        // blocks of `g / 16` segments from block `b0`, `g` groups of table).
+        unsafe { x86::block_base3_avx512(&[table], blocks, g / SEG_GROUPS, &mut one, next) };
+        for (o, [v]) in out.iter_mut().zip(one) {
+            *o = v;
+        }
+        return;
+    }
+    let _ = next;
+    for (i, o) in out.iter_mut().enumerate() {
+        lut_block(isa, &[table], w, b0 + i, std::array::from_mut(o), &[]);
+    }
+}
+
 /// Whether `isa` runs the AVX-512 GEMV ([`lut_block`]): the `Avx512Vnni` path on a CPU that
 /// also has VBMI (`vpermb`, a 64-entry byte table) and GFNI (bit selects), as Ice Lake and
 /// Zen 4 do; otherwise that path runs the AVX2 kernel.
@@ -80,21 +138,45 @@ pub(crate) fn has_avx512_lut(isa: HostIsa) -> bool {
     }
 }
 
-/// Table bytes per group for `isa`'s GEMV: the reference layout's [`TABLE_BYTES`] (16 low
-/// bytes, then 16 high bytes), or 64 for the AVX-512 kernel, which looks up a pair of groups
-/// and both signs at once: per pair, 64 low bytes (the first group's 16 entries, the
-/// second's, then the same two negated) followed by the 64 high bytes in the same order.
-pub(crate) fn table_group_bytes(isa: HostIsa) -> usize {
-    if has_avx512_lut(isa) {
+/// Whether `isa` runs the AVX-512 `Base3` kernels: the `Avx512Vnni` path on a CPU that also has
+/// VBMI (`vpermb`, the table build) and VBMI2 (`vpshldw`, group 15's code), as Ice Lake and
+/// Zen 4 do; otherwise `Base3` weights run the scalar kernels.
+pub(crate) fn has_base3_kernels(isa: HostIsa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        isa == HostIsa::Avx512Vnni
+            && std::arch::is_x86_feature_detected!("avx512vbmi")
+            && std::arch::is_x86_feature_detected!("avx512vbmi2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
+}
+
+/// Table bytes per group for `isa`'s GEMV over `layout` weights. `Lut3`: the reference layout's
+/// [`TABLE_BYTES`] (16 low bytes, then 16 high bytes), or 64 for the AVX-512 kernel, which
+/// looks up a pair of groups and both signs at once: per pair, 64 low bytes (the first group's
+/// 16 entries, the second's, then the same two negated) followed by the 64 high bytes in the
+/// same order. `Base3`: [`BASE3_TABLE_BYTES`] on every path.
+pub(crate) fn table_group_bytes(isa: HostIsa, layout: TernaryLayout) -> usize {
+    if layout == TernaryLayout::Base3 {
+        BASE3_TABLE_BYTES
+    } else if has_avx512_lut(isa) {
         2 * TABLE_BYTES
     } else {
         TABLE_BYTES
     }
 }
 
-/// Whether [`gemm_block`] has a kernel for `isa` (else a GEMM runs [`lut_block`] per row).
-pub(crate) fn has_gemm_kernel(isa: HostIsa) -> bool {
-    cfg!(target_arch = "x86_64") && matches!(isa, HostIsa::Avx2 | HostIsa::Avx512Vnni)
+/// Whether [`gemm_block`] has a kernel for `isa` and `layout` (else a GEMM runs [`lut_block`]
+/// per row).
+pub(crate) fn has_gemm_kernel(isa: HostIsa, layout: TernaryLayout) -> bool {
+    match layout {
+        TernaryLayout::Base3 => has_base3_kernels(isa),
+        _ => cfg!(target_arch = "x86_64") && matches!(isa, HostIsa::Avx2 | HostIsa::Avx512Vnni),
+    }
 }
 
 /// A GEMM's step over block `b` of `w` (32 weight rows) for `out.len()` activation rows `q`
@@ -115,7 +197,7 @@ pub(crate) fn gemm_block(
     let bb = block_bytes(w.row_len);
     let g = groups(w.row_len);
     assert!(
-        has_gemm_kernel(isa)
+        has_gemm_kernel(isa, w.layout)
             && kp >= 3 * g
             && q.len() >= (out.len().max(1) - 1) * kp + 3 * g
             && w.packed.len() >= (b + 1) * bb,
@@ -124,7 +206,11 @@ pub(crate) fn gemm_block(
     #[cfg(target_arch = "x86_64")]
     {
         let block = &w.packed[b * bb..(b + 1) * bb];
-        if isa == HostIsa::Avx512Vnni {
+        if w.layout == TernaryLayout::Base3 {
+            // SAFETY: `has_gemm_kernel` (asserted) means `has_base3_kernels`: AVX-512
+            // F/BW/VNNI/VBMI2 detected; lengths asserted.
+            unsafe { x86::gemm_block_base3_avx512(q, kp, block, g / SEG_GROUPS, out) };
+        } else if isa == HostIsa::Avx512Vnni {
             // SAFETY: the device selects Avx512Vnni only after detecting AVX-512 F/BW/VNNI
             // and AVX2; lengths asserted.
             unsafe { x86::gemm_block_avx512(q, kp, block, g / SEG_GROUPS, out) };
@@ -139,8 +225,24 @@ pub(crate) fn gemm_block(
 /// [`build_table`] on the device's ISA, in its layout ([`table_group_bytes`]: the same bytes
 /// as the reference, or for AVX-512 the same entries and their negations in pairs of groups).
 /// `q` needs one readable byte past the last group (`3 * groups + 1` values): the AVX2 version
-/// loads four at a time.
-pub(crate) fn build_table_isa(isa: HostIsa, q: &[i8], table: &mut [u8]) {
+/// loads four at a time. For `Base3`, [`build_table_base3`]'s bytes on every path.
+pub(crate) fn build_table_isa(isa: HostIsa, layout: TernaryLayout, q: &[i8], table: &mut [u8]) {
+    if layout == TernaryLayout::Base3 {
+        let groups = table.len() / BASE3_TABLE_BYTES;
+        assert!(
+            table.len().is_multiple_of(BASE3_TABLE_BYTES) && q.len() >= 3 * groups,
+            "table not whole groups, or activations shorter than its groups"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if has_base3_kernels(isa) {
+            // SAFETY: AVX-512 F/BW/VBMI detected by `has_base3_kernels`; lengths asserted.
+            unsafe { x86::build_table_base3_avx512(q, table) };
+            return;
+        }
+        // Without the read-ahead byte (see below).
+        build_table_base3(&q[..3 * groups], table);
+        return;
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         HostIsa::Avx512Vnni if has_avx512_lut(isa) => {
@@ -187,11 +289,45 @@ fn block_scalar(table: &[u8], block: &[u8], segs: usize, out: &mut [i32; LUT_ROW
     }
 }
 
+/// The `Base3` reference: each group's code, its table entry.
+fn block_base3_scalar(table: &[u8], block: &[u8], segs: usize, out: &mut [i32; LUT_ROWS]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut acc = 0i32;
+        for s in 0..segs {
+            let seg = &block[s * SEG_BYTES..(s + 1) * SEG_BYTES];
+            let word = |j: usize| {
+                let at = BASE3_WORD_BYTES * j + 2 * i;
+                u16::from_le_bytes([seg[at], seg[at + 1]])
+            };
+            let mut last = 0;
+            for j in 0..5 {
+                let w = word(j);
+                last |= (w >> 15) << (4 - j);
+                for k in 0..3 {
+                    acc += entry(table, s * SEG_GROUPS + 3 * j + k, (w >> (5 * k)) & 31);
+                }
+            }
+            acc += entry(table, s * SEG_GROUPS + 15, last);
+        }
+        *o = acc;
+    }
+}
+
+/// Entry `code` of group `g`'s `Base3` table.
+#[inline]
+fn entry(table: &[u8], g: usize, code: u16) -> i32 {
+    let at = g * BASE3_TABLE_BYTES + 2 * code as usize;
+    i16::from_le_bytes([table[at], table[at + 1]]) as i32
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{LUT_ROWS, SEG_BYTES, SIGN_OFFSET, TABLE_BYTES};
+    use super::{
+        BASE3_TABLE_BYTES, BASE3_WORD_BYTES, LUT_ROWS, SEG_BYTES, SIGN_OFFSET, TABLE_BYTES,
+    };
+    use crate::host::ternary_lut::base3_triple;
 
     /// One group's table per step: the three activations, offset to unsigned (`a + 128`), times
     /// the patterns' signed coefficients by two `maddubs` (pairs (a0, a1) and (a2, 0)), minus
@@ -719,6 +855,232 @@ mod x86 {
             }
         }
     }
+    /// The `Base3` table, one group per step: its three activations (offset to unsigned) placed
+    /// by `vpermb` for two `maddubs` with every code's triple, as in [`build_table_avx2`], minus
+    /// `128 * sum(triple)`: the 32 words, stored as they are.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VBMI; `table.len()` is a multiple of 64 and
+    /// `q.len() >= 3 * table.len() / 64`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    pub(super) unsafe fn build_table_base3_avx512(q: &[i8], table: &mut [u8]) {
+        let groups = table.len() / BASE3_TABLE_BYTES;
+        debug_assert!(q.len() >= 3 * groups);
+        // Byte j of the 32 words: word j / 2 (code j / 2), value j % 2 (and value 2).
+        let tri = |j: usize| base3_triple((j / 2) as u16);
+        let pick01: [u8; 64] = std::array::from_fn(|j| (j % 2) as u8);
+        let c01: [i8; 64] = std::array::from_fn(|j| tri(j)[j % 2]);
+        let c2: [i8; 64] = std::array::from_fn(|j| if j % 2 == 0 { tri(j)[2] } else { 0 });
+        let off: [i16; 32] = std::array::from_fn(|e| {
+            128 * base3_triple(e as u16)
+                .iter()
+                .map(|&v| v as i16)
+                .sum::<i16>()
+        });
+        // SAFETY: each array holds 64 bytes.
+        let [pick01, c01, c2, off] = unsafe {
+            [
+                _mm512_loadu_si512(pick01.as_ptr().cast()),
+                _mm512_loadu_si512(c01.as_ptr().cast()),
+                _mm512_loadu_si512(c2.as_ptr().cast()),
+                _mm512_loadu_si512(off.as_ptr().cast()),
+            ]
+        };
+        let pick2 = _mm512_set1_epi8(2);
+        let flip = _mm512_set1_epi8(-128);
+        let (qp, tp) = (q.as_ptr(), table.as_mut_ptr());
+        for g in 0..groups {
+            // SAFETY: the three bytes at 3 g are inside `q` (3 g + 3 <= q.len()); the masked load
+            // reads no other byte. The group's 64 table bytes are inside `table`.
+            unsafe {
+                let a = _mm512_xor_si512(_mm512_maskz_loadu_epi8(0x7, qp.add(3 * g)), flip);
+                let t = _mm512_add_epi16(
+                    _mm512_maddubs_epi16(_mm512_permutexvar_epi8(pick01, a), c01),
+                    _mm512_maddubs_epi16(_mm512_permutexvar_epi8(pick2, a), c2),
+                );
+                let t = _mm512_sub_epi16(t, off);
+                _mm512_storeu_si512(tp.add(g * BASE3_TABLE_BYTES).cast(), t);
+            }
+        }
+    }
+
+    /// How far ahead the `Base3` GEMV hints each block's stream into L2, in segments (16: 5 KiB
+    /// per stream, 20 KiB for four blocks). With the hints a whole `R` blocks ahead instead,
+    /// the first blocks of every task went unhinted and the rest arrived in bursts: criterion
+    /// `dram_48x_ffn_gate` (AVX-512, four blocks per call) 1 thread 18-19 -> 20-23 GB/s, 2
+    /// threads 26-30 -> 30-40 (`Lut3`: 17-18 and 25-30); 8 segments ahead did worse with 2
+    /// threads, 24-48 no better. On this noisy host those ranges overlap run to run.
+    const BASE3_AHEAD_SEGS: usize = 16;
+
+    /// Segments summed in 16-bit lanes before widening: each of the two sums takes at most 10
+    /// groups of at most 3 * 128 per segment, so 8 segments stay within 2^15.
+    const BASE3_FLUSH_SEGS: usize = 8;
+
+    /// The `Base3` GEMV over `R` consecutive blocks (or, for `T` activation rows, a GEMM step
+    /// sharing each word's load and shifts): per word of a segment (32 rows), the codes of its
+    /// three groups are the word, the word shifted by 5 and by 10 (`vpermw` reads the low 5
+    /// bits of each index), and each `vpermw` looks up 32 rows' entries in the group's 32-word
+    /// table; `vpshldw` collects group 15's code from the five top bits. Three ALU ops per
+    /// group and 32 rows, against five for the `Lut3` AVX-512 kernel, and no sign or byte
+    /// handling. Each table line loaded serves the `R` blocks: a row's table (54 KiB at K =
+    /// 2560) does not fit L1, so every table load is an L1 miss, and with one block per pass
+    /// those misses, not the arithmetic, bounded the kernel.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VBMI2; `blocks` holds `R` blocks of `segs` segments
+    /// each and each table `16 * segs` groups ([`BASE3_TABLE_BYTES`] each).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi2")]
+    pub(super) unsafe fn block_base3_avx512<const R: usize, const T: usize>(
+        tables: &[&[u8]; T],
+        blocks: &[u8],
+        segs: usize,
+        out: &mut [[[i32; LUT_ROWS]; T]; R],
+        prefetch: &[u8],
+    ) {
+        let bb = segs * SEG_BYTES;
+        debug_assert!(
+            blocks.len() >= R * bb
+                && tables
+                    .iter()
+                    .all(|t| t.len() >= segs * 16 * BASE3_TABLE_BYTES)
+        );
+        let zero = _mm512_setzero_si512();
+        // Per block and activation row, 32-bit sums of rows 0-15 and 16-31.
+        let mut acc = [[[zero; 2]; T]; R];
+        let tp: [*const u8; T] = std::array::from_fn(|t| tables[t].as_ptr());
+        let bp: [*const u8; R] = std::array::from_fn(|r| blocks.as_ptr().wrapping_add(r * bb));
+        let mut s = 0;
+        while s < segs {
+            let end = (s + BASE3_FLUSH_SEGS).min(segs);
+            // Per block and activation row, 16-bit sums of the 32 rows: groups 3j and 3j + 2,
+            // and groups 3j + 1 and 15 (two chains of adds).
+            let mut a = [[zero; T]; R];
+            let mut c = [[zero; T]; R];
+            while s < end {
+                // Each block's stream hinted BASE3_AHEAD_SEGS segments on, in these blocks or
+                // (past their end) in the next `R` at `prefetch`.
+                let t = s + BASE3_AHEAD_SEGS;
+                for r in 0..R {
+                    let at = if t < segs {
+                        blocks.as_ptr().wrapping_add(r * bb + t * SEG_BYTES)
+                    } else {
+                        let off = r * bb + (t - segs) * SEG_BYTES;
+                        if off + SEG_BYTES > prefetch.len() {
+                            continue;
+                        }
+                        prefetch.as_ptr().wrapping_add(off)
+                    };
+                    for line in 0..SEG_BYTES / 64 {
+                        // A hint never faults or writes.
+                        _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(64 * line).cast());
+                    }
+                }
+                // SAFETY: s < segs: each block's segment (320 bytes) is inside `blocks`.
+                let seg: [*const u8; R] =
+                    std::array::from_fn(|r| unsafe { bp[r].add(s * SEG_BYTES) });
+                let mut last = [zero; R];
+                for j in 0..5 {
+                    // SAFETY: groups 16 s + 3 j.. + 2 < 16 segs: their tables are inside.
+                    let tw: [[__m512i; 3]; T] = std::array::from_fn(|t| unsafe {
+                        let tb = tp[t].add((16 * s + 3 * j) * BASE3_TABLE_BYTES);
+                        std::array::from_fn(|k| {
+                            _mm512_loadu_si512(tb.add(k * BASE3_TABLE_BYTES).cast())
+                        })
+                    });
+                    for r in 0..R {
+                        // SAFETY: word j's 64 bytes are inside the segment.
+                        let x =
+                            unsafe { _mm512_loadu_si512(seg[r].add(BASE3_WORD_BYTES * j).cast()) };
+                        last[r] = if j == 0 {
+                            _mm512_srli_epi16::<15>(x)
+                        } else {
+                            _mm512_shldi_epi16::<1>(last[r], x)
+                        };
+                        let (x1, x2) = (_mm512_srli_epi16::<5>(x), _mm512_srli_epi16::<10>(x));
+                        for t in 0..T {
+                            let [t0, t1, t2] = tw[t];
+                            a[r][t] = _mm512_add_epi16(a[r][t], _mm512_permutexvar_epi16(x, t0));
+                            c[r][t] = _mm512_add_epi16(c[r][t], _mm512_permutexvar_epi16(x1, t1));
+                            a[r][t] = _mm512_add_epi16(a[r][t], _mm512_permutexvar_epi16(x2, t2));
+                        }
+                    }
+                }
+                for t in 0..T {
+                    // SAFETY: group 16 s + 15 < 16 segs: its table is inside.
+                    let t15 = unsafe {
+                        _mm512_loadu_si512(tp[t].add((16 * s + 15) * BASE3_TABLE_BYTES).cast())
+                    };
+                    for r in 0..R {
+                        c[r][t] = _mm512_add_epi16(c[r][t], _mm512_permutexvar_epi16(last[r], t15));
+                    }
+                }
+                s += 1;
+            }
+            let lo = |v: __m512i| _mm512_cvtepi16_epi32(_mm512_castsi512_si256(v));
+            let hi = |v: __m512i| _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(v));
+            for r in 0..R {
+                for t in 0..T {
+                    let (av, cv) = (a[r][t], c[r][t]);
+                    let acc = &mut acc[r][t];
+                    acc[0] = _mm512_add_epi32(acc[0], _mm512_add_epi32(lo(av), lo(cv)));
+                    acc[1] = _mm512_add_epi32(acc[1], _mm512_add_epi32(hi(av), hi(cv)));
+                }
+            }
+        }
+        for (ob, accb) in out.iter_mut().zip(&acc) {
+            for (o, acc) in ob.iter_mut().zip(accb) {
+                // SAFETY: o has 32 i32: 16 at 0 and 16 at 16.
+                unsafe {
+                    _mm512_storeu_si512(o.as_mut_ptr().cast(), acc[0]);
+                    _mm512_storeu_si512(o.as_mut_ptr().add(16).cast(), acc[1]);
+                }
+            }
+        }
+    }
+
+    /// The codes (value + 1, in {0, 1, 2}) of the 48 values of the `Base3` segment at `seg`, 32
+    /// rows each: each group's code looked up by two `vpermw`s (values 0 and 1 as the low and
+    /// high byte of a word, value 2) and narrowed to bytes.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VBMI2; `seg` points to a whole segment.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi2")]
+    #[inline]
+    unsafe fn base3_segment_codes(seg: *const u8) -> [__m256i; 48] {
+        let code = |e: usize, v: usize| (base3_triple(e as u16)[v] + 1) as u16;
+        let d01: [u16; 32] = std::array::from_fn(|e| code(e, 0) | (code(e, 1) << 8));
+        let d2: [u16; 32] = std::array::from_fn(|e| code(e, 2));
+        // SAFETY: each array holds 64 bytes.
+        let (d01, d2) = unsafe {
+            (
+                _mm512_loadu_si512(d01.as_ptr().cast()),
+                _mm512_loadu_si512(d2.as_ptr().cast()),
+            )
+        };
+        let mut vals = [_mm256_setzero_si256(); 48];
+        let mut put = |g: usize, c: __m512i| {
+            let w01 = _mm512_permutexvar_epi16(c, d01);
+            vals[3 * g] = _mm512_cvtepi16_epi8(w01);
+            vals[3 * g + 1] = _mm512_cvtepi16_epi8(_mm512_srli_epi16::<8>(w01));
+            vals[3 * g + 2] = _mm512_cvtepi16_epi8(_mm512_permutexvar_epi16(c, d2));
+        };
+        let mut last = _mm512_setzero_si512();
+        for j in 0..5 {
+            // SAFETY: word j's 64 bytes are inside the segment (contract).
+            let x = unsafe { _mm512_loadu_si512(seg.add(BASE3_WORD_BYTES * j).cast()) };
+            last = if j == 0 {
+                _mm512_srli_epi16::<15>(x)
+            } else {
+                _mm512_shldi_epi16::<1>(last, x)
+            };
+            put(3 * j, x);
+            put(3 * j + 1, _mm512_srli_epi16::<5>(x));
+            put(3 * j + 2, _mm512_srli_epi16::<10>(x));
+        }
+        put(15, last);
+        vals
+    }
+
     /// [`gemm_block_avx2`] with AVX-512 VNNI: the block's codes decoded the same way, then
     /// transposed so that each 32-bit lane holds four consecutive values of one row, which
     /// `vpdpbusd` multiplies by four activations and adds in one instruction (the AVX2 kernel
@@ -733,6 +1095,48 @@ mod x86 {
         block: &[u8],
         segs: usize,
         out: &mut [[i32; LUT_ROWS]],
+    ) {
+        // SAFETY: AVX2 (implied by AVX-512 F, contract); `gemm_with` calls it on whole
+        // segments of `block`.
+        let decode = |seg| unsafe { segment_codes(seg) };
+        // SAFETY: AVX-512 F/BW/VNNI (contract); `block` holds `segs` segments (contract).
+        unsafe { gemm_with(q, kp, block, segs, out, decode) }
+    }
+
+    /// [`gemm_block_avx512`] for `Base3` weights: the same loop over codes decoded by
+    /// [`base3_segment_codes`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VNNI/VBMI2; as [`gemm_block_avx2`] otherwise.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi2")]
+    pub(super) unsafe fn gemm_block_base3_avx512(
+        q: &[i8],
+        kp: usize,
+        block: &[u8],
+        segs: usize,
+        out: &mut [[i32; LUT_ROWS]],
+    ) {
+        // SAFETY: AVX-512 F/BW/VBMI2 (contract); `gemm_with` calls it on whole segments of
+        // `block`.
+        let decode = |seg| unsafe { base3_segment_codes(seg) };
+        // SAFETY: AVX-512 F/BW/VNNI (contract); `block` holds `segs` segments (contract).
+        unsafe { gemm_with(q, kp, block, segs, out, decode) }
+    }
+
+    /// The GEMM step of [`gemm_block_avx512`] with the block's segments decoded by `decode`
+    /// (a segment's pointer to the codes of its 48 values, 32 rows each).
+    ///
+    /// # Safety
+    /// As [`gemm_block_avx512`]; `decode` is safe to call on each of the `segs` segments.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[inline]
+    unsafe fn gemm_with(
+        q: &[i8],
+        kp: usize,
+        block: &[u8],
+        segs: usize,
+        out: &mut [[i32; LUT_ROWS]],
+        decode: impl Fn(*const u8) -> [__m256i; 48],
     ) {
         // Qwords of rows 0-3 and 4-7 of [d0, d1] and 8-11, 12-15 of [d2, d3] (see below), then
         // rows 16-19, 20-23, 24-27, 28-31.
@@ -749,7 +1153,7 @@ mod x86 {
             let ns = DEC_SEGS.min(segs - s0);
             for ds in 0..ns {
                 // SAFETY: s0 + ds < segs: the segment is inside `block`.
-                let vals = unsafe { segment_codes(block.as_ptr().add((s0 + ds) * SEG_BYTES)) };
+                let vals = decode(unsafe { block.as_ptr().add((s0 + ds) * SEG_BYTES) });
                 for j in 0..12 {
                     let v = &vals[4 * j..4 * j + 4];
                     // Per 128-bit half (rows 0-15, rows 16-31): a 4 x 4 byte transpose.
@@ -883,24 +1287,72 @@ mod tests {
             padded.resize(3 * g + 1, 0);
             let mut want = vec![0u8; g * TABLE_BYTES];
             build_table(&q, &mut want);
+            let mut want3 = vec![0u8; g * BASE3_TABLE_BYTES];
+            build_table_base3(&q, &mut want3);
             for isa in HostIsa::supported_list() {
-                let mut got = vec![0xAAu8; g * table_group_bytes(isa)];
-                build_table_isa(isa, &padded, &mut got);
-                if has_avx512_lut(isa) {
-                    prop_assert_eq!(&got, &pair_layout(&want), "{:?}", isa);
-                } else {
-                    prop_assert_eq!(&got, &want, "{:?}", isa);
+                for layout in [TernaryLayout::Lut3, TernaryLayout::Base3] {
+                    let gb = table_group_bytes(isa, layout);
+                    let mut got = vec![0xAAu8; g * gb];
+                    build_table_isa(isa, layout, &padded, &mut got);
+                    if layout == TernaryLayout::Base3 {
+                        prop_assert_eq!(&got, &want3, "{:?} Base3", isa);
+                    } else if has_avx512_lut(isa) {
+                        prop_assert_eq!(&got, &pair_layout(&want), "{:?}", isa);
+                    } else {
+                        prop_assert_eq!(&got, &want, "{:?}", isa);
+                    }
+                    // Built in two parts split at a segment, as the pool's tasks build a row's
+                    // table: each part's activations carry the next part's first value as the
+                    // byte the SIMD builders read ahead.
+                    if g > 16 {
+                        let mut parts = vec![0xAAu8; g * gb];
+                        let (first, second) = parts.split_at_mut(16 * gb);
+                        build_table_isa(isa, layout, &padded[..3 * 16 + 1], first);
+                        build_table_isa(isa, layout, &padded[3 * 16..], second);
+                        prop_assert_eq!(&parts, &got, "{:?} {:?} in parts", isa, layout);
+                    }
                 }
-                // Built in two parts split at a segment, as the pool's tasks build a row's
-                // table: each part's activations carry the next part's first value as the
-                // byte the SIMD builders read ahead.
-                if g > 16 {
-                    let gb = table_group_bytes(isa);
-                    let mut parts = vec![0xAAu8; g * gb];
-                    let (first, second) = parts.split_at_mut(16 * gb);
-                    build_table_isa(isa, &padded[..3 * 16 + 1], first);
-                    build_table_isa(isa, &padded[3 * 16..], second);
-                    prop_assert_eq!(&parts, &got, "{:?} in parts", isa);
+            }
+        }
+
+        /// `lut_blocks` (four `Base3` blocks per kernel call, their streams hinted into the next
+        /// blocks) equals the plain dot product on every ISA, from any block on.
+        #[test]
+        fn base3_quads_match_the_plain_dot(
+            rows in 97usize..300,
+            k in 1usize..300,
+            seed in any::<u64>(),
+        ) {
+            let values = crate::host::ternary::random_ternary(rows * k, seed);
+            let q: Vec<i8> = crate::host::ternary::random_ternary(k, !seed)
+                .iter()
+                .zip(crate::host::ternary::random_ternary(k, seed ^ 0x55))
+                .map(|(&a, b)| (a * 100).wrapping_add(b * 27))
+                .collect();
+            let w = TernaryData::pack(&values, rows, k).to_layout(TernaryLayout::Base3);
+            let mut table = vec![0u8; groups(k) * BASE3_TABLE_BYTES];
+            build_table_base3(&q, &mut table);
+            let bb = block_bytes(k);
+            let nb = rows.div_ceil(LUT_ROWS);
+            for isa in HostIsa::supported_list() {
+                for b in (0..=nb - 4).step_by(3) {
+                    let mut out = [[0i32; LUT_ROWS]; 4];
+                    lut_blocks(isa, &table, &w, b, &mut out, &w.packed[(b + 4) * bb..]);
+                    for (i, o) in out.iter().enumerate() {
+                        for (j, &got) in o.iter().enumerate() {
+                            let r = (b + i) * LUT_ROWS + j;
+                            let want: i32 = if r < rows {
+                                values[r * k..(r + 1) * k]
+                                    .iter()
+                                    .zip(&q)
+                                    .map(|(&a, &x)| a as i32 * x as i32)
+                                    .sum()
+                            } else {
+                                0
+                            };
+                            prop_assert_eq!(got, want, "{:?} row {}", isa, r);
+                        }
+                    }
                 }
             }
         }
@@ -932,56 +1384,70 @@ mod tests {
                         .collect()
                 })
                 .collect();
-            let w = TernaryData::pack(&values, rows, k).to_layout(TernaryLayout::Lut3);
-            // Each ISA's tables from the reference's (checked by the test above).
-            let tables_for = |isa: HostIsa| -> Vec<Vec<u8>> {
-                qs.iter()
-                    .map(|q| {
-                        let mut t = vec![0u8; groups(k) * TABLE_BYTES];
-                        build_table(q, &mut t);
-                        if has_avx512_lut(isa) { pair_layout(&t) } else { t }
-                    })
-                    .collect()
-            };
             let dot = |r: usize, q: &[i8]| -> i32 {
                 if r >= rows {
                     return 0;
                 }
                 values[r * k..(r + 1) * k].iter().zip(q).map(|(&a, &x)| a as i32 * x as i32).sum()
             };
-            // The GEMM kernel: 13 activation rows (8, 4 and 1 at a time), codes times values.
-            let kp = 3 * groups(k) + 1;
-            let mut q13 = vec![0i8; 13 * kp];
-            for (j, row) in q13.chunks_exact_mut(kp).enumerate() {
-                row[..k].copy_from_slice(&qs[j % 3]);
-            }
-            for isa in HostIsa::supported_list().into_iter().filter(|&i| has_gemm_kernel(i)) {
-                for b in 0..rows.div_ceil(LUT_ROWS) {
-                    let mut out = [[0i32; LUT_ROWS]; 13];
-                    gemm_block(isa, &q13, kp, &w, b, &mut out);
-                    for (j, o) in out.iter().enumerate() {
-                        let q = &qs[j % 3];
-                        let qsum: i32 = q.iter().map(|&v| v as i32).sum();
-                        for (i, &got) in o.iter().enumerate() {
-                            let r = b * LUT_ROWS + i;
-                            prop_assert_eq!(got, dot(r, q) + qsum, "{:?} gemm row {} x {}", isa, r, j);
+            for layout in [TernaryLayout::Lut3, TernaryLayout::Base3] {
+                let w = TernaryData::pack(&values, rows, k).to_layout(layout);
+                // Each ISA's tables from the reference's (checked by the test above).
+                let tables_for = |isa: HostIsa| -> Vec<Vec<u8>> {
+                    qs.iter()
+                        .map(|q| {
+                            if layout == TernaryLayout::Base3 {
+                                let mut t = vec![0u8; groups(k) * BASE3_TABLE_BYTES];
+                                build_table_base3(q, &mut t);
+                                return t;
+                            }
+                            let mut t = vec![0u8; groups(k) * TABLE_BYTES];
+                            build_table(q, &mut t);
+                            if has_avx512_lut(isa) { pair_layout(&t) } else { t }
+                        })
+                        .collect()
+                };
+                // The GEMM kernel: 13 activation rows (8, 4 and 1 at a time), codes times values.
+                let kp = 3 * groups(k) + 1;
+                let mut q13 = vec![0i8; 13 * kp];
+                for (j, row) in q13.chunks_exact_mut(kp).enumerate() {
+                    row[..k].copy_from_slice(&qs[j % 3]);
+                }
+                let gemm_isas = HostIsa::supported_list()
+                    .into_iter()
+                    .filter(|&i| has_gemm_kernel(i, layout));
+                for isa in gemm_isas {
+                    for b in 0..rows.div_ceil(LUT_ROWS) {
+                        let mut out = [[0i32; LUT_ROWS]; 13];
+                        gemm_block(isa, &q13, kp, &w, b, &mut out);
+                        for (j, o) in out.iter().enumerate() {
+                            let q = &qs[j % 3];
+                            let qsum: i32 = q.iter().map(|&v| v as i32).sum();
+                            for (i, &got) in o.iter().enumerate() {
+                                let r = b * LUT_ROWS + i;
+                                prop_assert_eq!(
+                                    got, dot(r, q) + qsum, "{:?} {:?} gemm row {} x {}", isa, layout, r, j
+                                );
+                            }
                         }
                     }
                 }
-            }
-            for isa in HostIsa::supported_list() {
-                let tables = tables_for(isa);
-                for b in 0..rows.div_ceil(LUT_ROWS) {
-                    let mut one = [[0i32; LUT_ROWS]];
-                    lut_block(isa, &[&tables[0][..]], &w, b, &mut one, &w.packed);
-                    let mut three = [[0i32; LUT_ROWS]; 3];
-                    let t3 = [&tables[0][..], &tables[1][..], &tables[2][..]];
-                    lut_block(isa, &t3, &w, b, &mut three, &[]);
-                    for i in 0..LUT_ROWS {
-                        let r = b * LUT_ROWS + i;
-                        prop_assert_eq!(one[0][i], dot(r, &qs[0]), "{:?} row {}", isa, r);
-                        for (j, q) in qs.iter().enumerate() {
-                            prop_assert_eq!(three[j][i], dot(r, q), "{:?} row {} x {}", isa, r, j);
+                for isa in HostIsa::supported_list() {
+                    let tables = tables_for(isa);
+                    for b in 0..rows.div_ceil(LUT_ROWS) {
+                        let mut one = [[0i32; LUT_ROWS]];
+                        lut_block(isa, &[&tables[0][..]], &w, b, &mut one, &w.packed);
+                        let mut three = [[0i32; LUT_ROWS]; 3];
+                        let t3 = [&tables[0][..], &tables[1][..], &tables[2][..]];
+                        lut_block(isa, &t3, &w, b, &mut three, &[]);
+                        for i in 0..LUT_ROWS {
+                            let r = b * LUT_ROWS + i;
+                            prop_assert_eq!(one[0][i], dot(r, &qs[0]), "{:?} {:?} row {}", isa, layout, r);
+                            for (j, q) in qs.iter().enumerate() {
+                                prop_assert_eq!(
+                                    three[j][i], dot(r, q), "{:?} {:?} row {} x {}", isa, layout, r, j
+                                );
+                            }
                         }
                     }
                 }
