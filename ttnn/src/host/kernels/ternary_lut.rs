@@ -907,9 +907,9 @@ mod x86 {
     /// How far ahead the `Base3` GEMV hints each block's stream into L2, in segments (16: 5 KiB
     /// per stream, 20 KiB for four blocks). With the hints a whole `R` blocks ahead instead,
     /// the first blocks of every task went unhinted and the rest arrived in bursts: criterion
-    /// `dram_48x_ffn_gate` (AVX-512, four blocks per call) 1 thread 18-19 -> 20-23 GB/s, 2
-    /// threads 26-30 -> 30-40 (`Lut3`: 17-18 and 25-30); 8 segments ahead did worse with 2
-    /// threads, 24-48 no better. On this noisy host those ranges overlap run to run.
+    /// `dram_48x_ffn_gate` (AVX-512, four blocks per call), run to run, 1 thread 18.2-19.2 ->
+    /// 19.5-21.9 GB/s, 2 threads 29-36 -> 30-41 (`Lut3`: 17.0-17.7 and 25-30); 8 segments ahead
+    /// did worse with 2 threads (29-32), 24-48 no better. On this noisy host the ranges overlap.
     const BASE3_AHEAD_SEGS: usize = 16;
 
     /// Segments summed in 16-bit lanes before widening: each of the two sums takes at most 10
