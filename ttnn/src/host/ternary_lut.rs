@@ -443,7 +443,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn base3_pack_get_round_trips(rows in 1usize..70, row_len in 1usize..100, seed in any::<u64>()) {
+        fn base3_pack_get_round_trips(
+            rows in 1usize..70,
+            row_len in 1usize..100,
+            seed in any::<u64>(),
+        ) {
             let values = random_ternary(rows * row_len, seed);
             let mut packed = vec![0xa5u8; storage_bytes(rows, row_len)];
             pack_rows(TernaryLayout::Base3, &values, rows, row_len, &mut packed, &mut []);

@@ -330,9 +330,10 @@ struct RowNorm<'a> {
 /// Groups per task of [`build_tables`] (a multiple of a segment's 16).
 const TABLE_TASK_GROUPS: usize = 256;
 
-/// Builds the `Lut3` or `Base3` (`layout`) table of each of the quantized rows of `q` (`kp` apart) into `tables`
-/// (`bytes` per row), split by groups over the pool: the shared tables of a GEMM without the
-/// decoding kernel, one per activation row (a GEMV's are per thread, `with_gemv_tables`).
+/// Builds the `Lut3` or `Base3` (`layout`) table of each of the quantized rows of `q` (`kp`
+/// apart) into `tables` (`bytes` per row), split by groups over the pool: the shared tables of a
+/// GEMM without the decoding kernel, one per activation row (a GEMV's are per thread,
+/// `with_gemv_tables`).
 fn build_tables(
     ctx: &HostCtx<'_>,
     layout: TernaryLayout,

@@ -1426,7 +1426,13 @@ mod tests {
                             for (i, &got) in o.iter().enumerate() {
                                 let r = b * LUT_ROWS + i;
                                 prop_assert_eq!(
-                                    got, dot(r, q) + qsum, "{:?} {:?} gemm row {} x {}", isa, layout, r, j
+                                    got,
+                                    dot(r, q) + qsum,
+                                    "{:?} {:?} gemm row {} x {}",
+                                    isa,
+                                    layout,
+                                    r,
+                                    j
                                 );
                             }
                         }
@@ -1442,10 +1448,18 @@ mod tests {
                         lut_block(isa, &t3, &w, b, &mut three, &[]);
                         for i in 0..LUT_ROWS {
                             let r = b * LUT_ROWS + i;
-                            prop_assert_eq!(one[0][i], dot(r, &qs[0]), "{:?} {:?} row {}", isa, layout, r);
+                            let want = dot(r, &qs[0]);
+                            prop_assert_eq!(one[0][i], want, "{:?} {:?} row {}", isa, layout, r);
                             for (j, q) in qs.iter().enumerate() {
+                                let want = dot(r, q);
                                 prop_assert_eq!(
-                                    three[j][i], dot(r, q), "{:?} {:?} row {} x {}", isa, layout, r, j
+                                    three[j][i],
+                                    want,
+                                    "{:?} {:?} row {} x {}",
+                                    isa,
+                                    layout,
+                                    r,
+                                    j
                                 );
                             }
                         }
