@@ -376,15 +376,20 @@ mod tests {
     use crate::host::ternary::random_ternary;
     use proptest::prelude::*;
 
+    /// Triple `code` of the 27 (`(t0 + 1) + 3 (t1 + 1) + 9 (t2 + 1)`).
+    fn every_triple(code: usize) -> [i8; 3] {
+        [
+            (code % 3) as i8 - 1,
+            (code / 3 % 3) as i8 - 1,
+            (code / 9) as i8 - 1,
+        ]
+    }
+
     #[test]
     fn patterns_cover_every_triple_once() {
         let mut seen = std::collections::HashSet::new();
         for code in 0..27 {
-            let t = [
-                (code % 3) as i8 - 1,
-                (code / 3 % 3) as i8 - 1,
-                (code / 9) as i8 - 1,
-            ];
+            let t = every_triple(code);
             let (idx, neg) = ENCODE[code];
             let p = PATTERNS[idx as usize];
             let back = p.map(|v| if neg { -v } else { v });
@@ -425,11 +430,7 @@ mod tests {
     fn base3_codes_round_trip() {
         let mut seen = std::collections::HashSet::new();
         for code in 0..27 {
-            let t = [
-                (code % 3) as i8 - 1,
-                (code / 3 % 3) as i8 - 1,
-                (code / 9) as i8 - 1,
-            ];
+            let t = every_triple(code);
             let c = base3_code(t);
             assert!(c < 32 && !(14..=18).contains(&c), "{t:?} -> {c}");
             assert_eq!(base3_triple(c), t);

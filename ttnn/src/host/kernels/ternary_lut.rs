@@ -43,8 +43,7 @@ pub(crate) fn lut_block<const T: usize>(
     if w.layout == TernaryLayout::Base3 {
         #[cfg(target_arch = "x86_64")]
         if has_base3_kernels(isa) {
-            let one = std::slice::from_mut(out);
-            let one: &mut [[[i32; LUT_ROWS]; T]; 1] = one.try_into().expect("one block");
+            let one = std::array::from_mut(out);
             // SAFETY: `has_base3_kernels` detected AVX-512 F/BW/VBMI2; lengths asserted above
             // (`table_group_bytes` per group, `g / 16` segments in `block`).
             unsafe { x86::block_base3_avx512(tables, block, g / SEG_GROUPS, one, prefetch) };
