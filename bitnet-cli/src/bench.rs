@@ -26,6 +26,64 @@ pub struct BenchArgs {
     /// Bytes of the bandwidth test's array (MiB).
     #[arg(long, default_value_t = 512)]
     pub bandwidth_mib: usize,
+    /// Time every op (host backend): a per-op table on stderr for decode (per token, over all
+    /// repetitions) and prefill (per prompt, over repetitions after the first, whose prefill
+    /// step also runs and captures the decode trace), and `op_profile` in the JSON.
+    #[arg(long)]
+    pub profile_ops: bool,
+}
+
+/// The op profile summed over several phases: name, calls, seconds.
+#[derive(Default)]
+struct ProfileSum(Vec<(String, u64, f64)>);
+
+impl ProfileSum {
+    fn add(&mut self, ops: Vec<ttnn::OpTime>) {
+        for op in ops {
+            match self.0.iter_mut().find(|e| e.0 == op.name) {
+                Some(e) => {
+                    e.1 += op.calls;
+                    e.2 += op.total.as_secs_f64();
+                }
+                None => self.0.push((op.name, op.calls, op.total.as_secs_f64())),
+            }
+        }
+    }
+
+    /// Rows per `unit` (token or prompt), most expensive first: name, calls, ms, share.
+    fn rows(&self, units: usize) -> Vec<(String, f64, f64, f64)> {
+        let n = units.max(1) as f64;
+        let total: f64 = self.0.iter().map(|e| e.2).sum();
+        let mut rows: Vec<_> = self
+            .0
+            .iter()
+            .map(|(name, calls, secs)| {
+                let share = if total > 0.0 { secs / total } else { 0.0 };
+                (name.clone(), *calls as f64 / n, secs * 1e3 / n, share)
+            })
+            .collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        rows
+    }
+
+    fn print(&self, title: &str, unit: &str, units: usize) {
+        let rows = self.rows(units);
+        let total: f64 = rows.iter().map(|r| r.2).sum();
+        eprintln!("{title}: {total:.2} ms per {unit} in ops ({units} {unit}s)");
+        eprintln!("{:>10} {:>6} {:>7}  op", format!("ms/{unit}"), "share", "calls");
+        for (name, calls, ms, share) in rows {
+            eprintln!("{ms:>10.3} {:>5.1}% {calls:>7.1}  {name}", share * 100.0);
+        }
+    }
+
+    fn json(&self, units: usize) -> serde_json::Value {
+        self.rows(units)
+            .into_iter()
+            .map(|(name, calls, ms, share)| {
+                serde_json::json!({"op": name, "calls": calls, "ms": ms, "share": share})
+            })
+            .collect()
+    }
 }
 
 /// Read bandwidth of this machine with `threads` threads (STREAM-like sum over `bytes`), GB/s:
@@ -154,6 +212,14 @@ pub fn run(
     let mut bandwidths = vec![bw.gb_s()];
     let mut fractions = Vec::new();
     let mut peak_before_tests = 0u64;
+    let device = model.device();
+    if a.profile_ops {
+        device
+            .set_op_profiling(true)
+            .context("--profile-ops needs the host backend")?;
+    }
+    let (mut prefill_ops, mut prefill_profiled) = (ProfileSum::default(), 0);
+    let (mut decode_ops, mut decode_profiled) = (ProfileSum::default(), 0);
     for rep in 0..a.reps.max(1) {
         // Random prompt ids (deterministic per repetition; speed does not depend on them).
         let mut s = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(rep as u64 + 1);
@@ -173,6 +239,7 @@ pub fn run(
             stop_ids: vec![],
         })?;
         // Step 1: the prefill (and, the first time, the decode trace's eager run and capture).
+        device.reset_op_profile();
         let mut tokens = 0;
         for e in g.step()? {
             if matches!(e, Event::Token { seq, .. } if seq == id) {
@@ -180,6 +247,10 @@ pub fn run(
             }
         }
         let mid = g.stats();
+        if a.profile_ops && (rep > 0 || a.reps <= 1) {
+            prefill_ops.add(device.op_profile());
+            prefill_profiled += 1;
+        }
         eprintln!(
             "rep {}: prefill {:.1} tok/s",
             rep + 1,
@@ -188,6 +259,7 @@ pub fn run(
         prefill
             .push(a.prompt_len as f64 / (mid.prefill_seconds - before.prefill_seconds).max(1e-9));
         // Steady decode: replayed steps only.
+        device.reset_op_profile();
         let t = Instant::now();
         let mut decoded = 0;
         while g.has_work() {
@@ -198,6 +270,10 @@ pub fn run(
             }
         }
         let secs = t.elapsed().as_secs_f64();
+        if a.profile_ops {
+            decode_ops.add(device.op_profile());
+            decode_profiled += decoded;
+        }
         let rate = decoded as f64 / secs.max(1e-9);
         eprintln!(
             "rep {}: decode {rate:.1} tok/s ({} tokens after the first {tokens})",
@@ -225,8 +301,13 @@ pub fn run(
     let fraction = spread(fractions);
     let bandwidth = spread(bandwidths);
     let peak_rss = peak_before_tests.max(peak_rss_bytes());
+    if a.profile_ops {
+        device.set_op_profiling(false)?;
+        prefill_ops.print("prefill op profile", "prompt", prefill_profiled);
+        decode_ops.print("decode op profile", "token", decode_profiled);
+    }
     if a.json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "prefill_tok_s": prefill.median,
             "prefill_tok_s_spread": prefill,
             "decode_tok_s": decode,
@@ -249,6 +330,12 @@ pub fn run(
             "kv_cache_dtype": format!("{:?}", model.plan().weights.kv_cache),
             "host_isa": model.device().host_isa().map(|i| format!("{i:?}")),
         });
+        if a.profile_ops {
+            v["op_profile"] = serde_json::json!({
+                "prefill_per_prompt": prefill_ops.json(prefill_profiled),
+                "decode_per_token": decode_ops.json(decode_profiled),
+            });
+        }
         println!("{v}");
     } else {
         println!(

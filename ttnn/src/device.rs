@@ -314,6 +314,18 @@ impl DeviceSpec {
     }
 }
 
+/// One command name's share of the host backend's time (see [`Device::op_profile`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpTime {
+    /// The command: the op, with its shape where that decides its cost
+    /// (`BitLinear 2560x6912`: K x N).
+    pub name: String,
+    /// Times it ran.
+    pub calls: u64,
+    /// Wall time of all those runs.
+    pub total: std::time::Duration,
+}
+
 /// How much memory a buffer takes and where (see [`Device::buffer_footprint`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BufferFootprint {
@@ -541,6 +553,41 @@ impl Device {
                 Ok(r)
             }
             BackendImpl::Tt(tt) => tt.dev.memory_report(&self.inner.spec.chip),
+        }
+    }
+
+    /// Host backend: starts or stops the op profile, the wall time of every command run
+    /// (eagerly or in a trace replay), summed per command name. Off when a device opens;
+    /// profiling costs two clock reads per command. The Tenstorrent backend has tt-metal's
+    /// device profiler (Tracy) for this and fails with `NotSupported`.
+    pub fn set_op_profiling(&self, on: bool) -> Result<()> {
+        match &self.inner.backend {
+            BackendImpl::Host(h) => {
+                h.set_op_profiling(on);
+                Ok(())
+            }
+            BackendImpl::Tt(_) => Err(Error::NotSupported {
+                op: "Device::set_op_profiling",
+                what: "the op profile (use tt-metal's device profiler)".into(),
+                backend: "tenstorrent",
+            }),
+        }
+    }
+
+    /// The op profile since the last [`Device::reset_op_profile`]: one entry per command name
+    /// that ran, in order of first appearance (empty when profiling never ran, and on the
+    /// Tenstorrent backend).
+    pub fn op_profile(&self) -> Vec<OpTime> {
+        match &self.inner.backend {
+            BackendImpl::Host(h) => h.op_profile(),
+            BackendImpl::Tt(_) => Vec::new(),
+        }
+    }
+
+    /// Zeroes the op profile (to measure one phase).
+    pub fn reset_op_profile(&self) {
+        if let BackendImpl::Host(h) = &self.inner.backend {
+            h.reset_op_profile();
         }
     }
 

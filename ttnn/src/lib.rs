@@ -40,7 +40,7 @@ pub mod types;
 
 pub use device::{
     BackendKind, BufferFootprint, ChipSpec, Device, DeviceSpec, MemoryReport, MemoryUsage,
-    TernaryLayout,
+    OpTime, TernaryLayout,
 };
 pub use error::{Error, Result};
 pub use host::data::{Element, SharedBytes, SharedSource};

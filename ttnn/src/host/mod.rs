@@ -13,10 +13,11 @@ pub(crate) mod pool;
 pub(crate) mod ternary;
 pub(crate) mod ternary_lut;
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
-use crate::device::{DeviceSpec, HostIsa, TernaryLayout};
+use crate::device::{DeviceSpec, HostIsa, OpTime, TernaryLayout};
 use crate::error::{Error, Result};
 use crate::types::MemoryConfig;
 use data::HostData;
@@ -60,6 +61,44 @@ pub(crate) trait HostCommand: Send + 'static {
     /// Runs the work. Errors are data-dependent failures only (an index out of range in a
     /// tensor); everything static was validated when the command was built.
     fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()>;
+
+    /// What the op profile calls this command: by default its type without the `Cmd` suffix.
+    /// Commands whose cost depends on their shape say it (`BitLinear 2560x6912`), so that the
+    /// profile separates, say, the FFN's projections from attention's. Called when a command is
+    /// recorded or profiled, never in a replay.
+    fn name(&self) -> String {
+        let t = std::any::type_name::<Self>();
+        let t = t.rsplit("::").next().unwrap_or(t);
+        t.strip_suffix("Cmd").unwrap_or(t).to_string()
+    }
+}
+
+/// Wall time per command name while profiling is on (see [`crate::Device::op_profile`]).
+///
+/// Names are interned when a trace is captured, so a profiled replay only adds to counters:
+/// it takes the lock once and allocates nothing. Commands run one after another and each
+/// returns when all its workers are done, so a command's wall time is its cost.
+#[derive(Default)]
+struct OpProfile {
+    enabled: AtomicBool,
+    /// `(name, calls, total)`, in order of first appearance.
+    slots: Mutex<Vec<(String, u64, Duration)>>,
+}
+
+impl OpProfile {
+    fn slots(&self) -> MutexGuard<'_, Vec<(String, u64, Duration)>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn intern(slots: &mut Vec<(String, u64, Duration)>, name: String) -> usize {
+        match slots.iter().position(|s| s.0 == name) {
+            Some(i) => i,
+            None => {
+                slots.push((name, 0, Duration::ZERO));
+                slots.len() - 1
+            }
+        }
+    }
 }
 
 struct Capture {
@@ -80,6 +119,7 @@ pub(crate) struct HostDevice {
     pub ternary_layout: TernaryLayout,
     capture: Mutex<Option<Capture>>,
     live_traces: Arc<AtomicUsize>,
+    profile: OpProfile,
 }
 
 impl std::fmt::Debug for HostDevice {
@@ -142,6 +182,7 @@ impl HostDevice {
             ternary_layout,
             capture: Mutex::new(None),
             live_traces: Arc::new(AtomicUsize::new(0)),
+            profile: OpProfile::default(),
         })
     }
 
@@ -181,10 +222,48 @@ impl HostDevice {
                 return Ok(());
             }
         }
-        cmd.run(&HostCtx {
+        let ctx = HostCtx {
             pool: &self.pool,
             isa: self.isa,
-        })
+        };
+        if !self.profile.enabled.load(Ordering::Relaxed) {
+            return cmd.run(&ctx);
+        }
+        let t = Instant::now();
+        let r = cmd.run(&ctx);
+        let elapsed = t.elapsed();
+        let mut slots = self.profile.slots();
+        let i = OpProfile::intern(&mut slots, cmd.name());
+        slots[i].1 += 1;
+        slots[i].2 += elapsed;
+        r
+    }
+
+    /// Starts or stops timing commands (eager and replayed).
+    pub fn set_op_profiling(&self, on: bool) {
+        self.profile.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// The commands timed since the last reset, by name: those that ran at least once.
+    pub fn op_profile(&self) -> Vec<OpTime> {
+        self.profile
+            .slots()
+            .iter()
+            .filter(|s| s.1 > 0)
+            .map(|(name, calls, total)| OpTime {
+                name: name.clone(),
+                calls: *calls,
+                total: *total,
+            })
+            .collect()
+    }
+
+    /// Zeroes the op profile's counters.
+    pub fn reset_op_profile(&self) {
+        for s in self.profile.slots().iter_mut() {
+            s.1 = 0;
+            s.2 = Duration::ZERO;
+        }
     }
 
     pub fn begin_capture(&self, op: &'static str) -> Result<u32> {
@@ -227,8 +306,16 @@ impl HostDevice {
         }
         let c = cap.take().expect("checked above");
         self.live_traces.fetch_add(1, Ordering::Relaxed);
+        let profile_slots = {
+            let mut slots = self.profile.slots();
+            c.commands
+                .iter()
+                .map(|cmd| OpProfile::intern(&mut slots, cmd.name()))
+                .collect()
+        };
         Ok(HostTrace {
             commands: Mutex::new(c.commands),
+            profile_slots,
             live_traces: Arc::clone(&self.live_traces),
         })
     }
@@ -245,8 +332,18 @@ impl HostDevice {
             pool: &self.pool,
             isa: self.isa,
         };
-        for c in cmds.iter_mut() {
+        if !self.profile.enabled.load(Ordering::Relaxed) {
+            for c in cmds.iter_mut() {
+                c.run(&ctx)?;
+            }
+            return Ok(());
+        }
+        let mut slots = self.profile.slots();
+        for (c, &i) in cmds.iter_mut().zip(&trace.profile_slots) {
+            let t = Instant::now();
             c.run(&ctx)?;
+            slots[i].1 += 1;
+            slots[i].2 += t.elapsed();
         }
         Ok(())
     }
@@ -255,6 +352,8 @@ impl HostDevice {
 /// A captured trace of the host backend: the commands with their buffers.
 pub(crate) struct HostTrace {
     commands: Mutex<Vec<Box<dyn HostCommand>>>,
+    /// Each command's slot in the device's op profile.
+    profile_slots: Vec<usize>,
     live_traces: Arc<AtomicUsize>,
 }
 

@@ -716,6 +716,11 @@ impl SdpaDecodeCmd {
 }
 
 impl HostCommand for SdpaDecodeCmd {
+    /// The TT-NN op it implements (paged or not), without its namespace.
+    fn name(&self) -> String {
+        self.op.rsplit("::").next().unwrap_or(self.op).to_string()
+    }
+
     fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
         self.resolve()?;
         let op = self.op;
@@ -897,6 +902,11 @@ impl SdpaPrefillCmd {
 }
 
 impl HostCommand for SdpaPrefillCmd {
+    /// The TT-NN op it implements (paged or not), without its namespace.
+    fn name(&self) -> String {
+        self.op.rsplit("::").next().unwrap_or(self.op).to_string()
+    }
+
     fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
         let op = self.op;
         if let Some(pt) = &self.page_table {

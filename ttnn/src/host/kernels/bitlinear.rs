@@ -461,6 +461,11 @@ pub(crate) struct BitLinearCmd {
 }
 
 impl HostCommand for BitLinearCmd {
+    fn name(&self) -> String {
+        let norm = if self.input_norm.is_some() { " +rms_norm" } else { "" };
+        format!("BitLinear {}x{}{norm}", self.k, self.n)
+    }
+
     fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
         let (rows, k) = (self.rows, self.k);
         let kp = act_row_len(k);

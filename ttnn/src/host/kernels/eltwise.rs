@@ -141,6 +141,10 @@ pub(crate) struct BinaryCmd {
 }
 
 impl HostCommand for BinaryCmd {
+    fn name(&self) -> String {
+        format!("Binary {:?}", self.op)
+    }
+
     fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
         let (a_guard, b_guard) = (self.a.read(), self.b.read());
         let a = read_f32(&a_guard, &mut self.sa);
@@ -190,6 +194,10 @@ pub(crate) struct BinaryScalarCmd {
 }
 
 impl HostCommand for BinaryScalarCmd {
+    fn name(&self) -> String {
+        format!("BinaryScalar {:?}", self.op)
+    }
+
     fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
         let a_guard = self.a.read();
         let a = read_f32(&a_guard, &mut self.sa);
@@ -246,6 +254,10 @@ pub(crate) struct UnaryCmd {
 }
 
 impl HostCommand for UnaryCmd {
+    fn name(&self) -> String {
+        format!("Unary {:?}", self.ops)
+    }
+
     fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
         let in_guard = self.input.read();
         let x = read_f32(&in_guard, &mut self.si);

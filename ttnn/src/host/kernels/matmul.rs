@@ -150,6 +150,11 @@ pub(crate) struct MatmulCmd {
 }
 
 impl HostCommand for MatmulCmd {
+    fn name(&self) -> String {
+        let d = self.dims;
+        format!("Matmul {}x{}x{}", d.m, d.k, d.n)
+    }
+
     fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
         let d = self.dims;
         // One read guard per distinct buffer: the same tensor may be passed twice.
