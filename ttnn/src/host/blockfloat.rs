@@ -48,12 +48,15 @@ impl BlockFloatData {
 
     pub fn zeros(format: BlockFormat, rows: usize, row_len: usize) -> Self {
         let g = Self::groups_per_row(row_len);
+        let mants = vec![0; rows * g * GROUP];
+        // The lm_head's mantissas: streamed once per token (see `hugepage`).
+        super::hugepage::advise_huge_pages(&mants);
         Self {
             format,
             rows,
             row_len,
             exps: vec![0; rows * g],
-            mants: vec![0; rows * g * GROUP],
+            mants,
         }
     }
 

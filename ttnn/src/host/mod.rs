@@ -8,6 +8,7 @@
 
 pub(crate) mod blockfloat;
 pub(crate) mod data;
+pub(crate) mod hugepage;
 pub(crate) mod kernels;
 pub(crate) mod pool;
 pub(crate) mod ternary;

@@ -67,7 +67,11 @@ impl TernaryData {
                 rows,
                 row_len,
                 layout,
-                packed: vec![0; lut::storage_bytes(rows, row_len)],
+                packed: {
+                    let p = vec![0; lut::storage_bytes(rows, row_len)];
+                    super::hugepage::advise_huge_pages(&p);
+                    p
+                },
                 neg: vec![
                     0;
                     if layout == TernaryLayout::Lut3 {

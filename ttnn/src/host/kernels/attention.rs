@@ -256,21 +256,49 @@ pub(crate) fn default_scale(hd: usize) -> f32 {
 /// of [`KV_BLOCK`], clipped to the row's range), scores `s_j = dot(q, k_j) * scale (+ bias)`;
 /// the running max `m` is raised to the block max (rescaling the running sum `l` and the
 /// accumulator by `exp(m_old - m)`); then, in position order, `p_j = exp(s_j - m)`, `l += p_j`,
-/// `acc += p_j * v_j`. Finally `out = acc / l`. Rows sharing a pass only share the decoding of
-/// K/V rows, never arithmetic. An empty range or a fully masked row gives zeros.
+/// `acc += p_j * v_j`. Finally `out = acc / l`. Rows sharing a pass only share the loading and
+/// decoding of K/V rows, never arithmetic. An empty range or a fully masked row gives zeros.
 pub(crate) fn attend_rows(isa: HostIsa, rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale: f32) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the device selects Avx2/Avx512Vnni only after detecting AVX2.
-        HostIsa::Avx2 | HostIsa::Avx512Vnni => unsafe { attend_rows_avx2(rows, kv, scale) },
-        _ => attend_rows_impl(rows, kv, scale, dot, axpy, axpy4),
+        // SAFETY: the device selects Avx512Vnni only after detecting AVX-512 F/BW and AVX2.
+        HostIsa::Avx512Vnni => unsafe { attend_rows_avx512(rows, kv, scale) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the device selects Avx2 only after detecting AVX2.
+        HostIsa::Avx2 => unsafe { attend_rows_avx2(rows, kv, scale) },
+        _ => attend_rows_impl(rows, kv, scale, dots, axpy, axpy4, axpy_rows),
     }
 }
 
-/// [`attend_rows_impl`] compiled with 256-bit vectors and with [`x86::dot_avx2`] and
-/// [`x86::axpy_avx2`]: the same lane arithmetic in the same order (Rust never contracts to
-/// FMA), so the same bits. (Left to the compiler, the 16-lane dot became 4-wide adds fed by
-/// 8-byte loads: the decode kernel ran at ~4 GB/s of f32 K/V.)
+/// [`dot`] of each of `qs` with `k`, into `out`.
+#[inline]
+fn dots(qs: &[&[f32]], k: &[f32], out: &mut [f32]) {
+    for (o, q) in out.iter_mut().zip(qs) {
+        *o = dot(q, k);
+    }
+}
+
+/// For each row `r` and each position `j` in order, `acc[r] += ps[r][o + j] * vs[j]` over the
+/// first `hd` elements: as [`axpy`]s in that order, so the same bits.
+#[inline]
+fn axpy_rows(
+    acc: &mut [[f32; MAX_HEAD_DIM]],
+    ps: &[[f32; KV_BLOCK]],
+    o: usize,
+    vs: &[&[f32]],
+    hd: usize,
+) {
+    for (a, p) in acc.iter_mut().zip(ps) {
+        for (j, v) in vs.iter().enumerate() {
+            axpy(&mut a[..hd], p[o + j], v);
+        }
+    }
+}
+
+/// [`attend_rows_impl`] compiled with 256-bit vectors and with [`x86`]'s AVX2 dot and axpys:
+/// the same lane arithmetic in the same order (Rust never contracts to FMA), so the same bits.
+/// (Left to the compiler, the 16-lane dot became 4-wide adds fed by 8-byte loads: the decode
+/// kernel ran at ~4 GB/s of f32 K/V.)
 ///
 /// # Safety
 /// The CPU must support AVX2.
@@ -282,11 +310,51 @@ unsafe fn attend_rows_avx2(rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale: 
         kv,
         scale,
         // SAFETY: AVX2 (this function's contract).
-        |a, b| unsafe { x86::dot_avx2(a, b) },
+        |qs, k, out| unsafe { x86::dots_avx2(qs, k, out) },
         // SAFETY: as above.
         |acc, p, v| unsafe { x86::axpy_avx2(acc, p, v) },
         // SAFETY: as above.
         |acc, p, v| unsafe { x86::axpy4_avx2(acc, p, v) },
+        |acc, ps, o, vs, hd| {
+            for (a, p) in acc.iter_mut().zip(ps) {
+                let mut j = 0;
+                while j + 4 <= vs.len() {
+                    let p4 = [p[o + j], p[o + j + 1], p[o + j + 2], p[o + j + 3]];
+                    let v4 = [vs[j], vs[j + 1], vs[j + 2], vs[j + 3]];
+                    // SAFETY: as above.
+                    unsafe { x86::axpy4_avx2(&mut a[..hd], p4, v4) };
+                    j += 4;
+                }
+                for (j, v) in vs.iter().enumerate().skip(j) {
+                    // SAFETY: as above.
+                    unsafe { x86::axpy_avx2(&mut a[..hd], p[o + j], v) };
+                }
+            }
+        },
+    )
+}
+
+/// [`attend_rows_impl`] with the AVX-512 multi-row kernels ([`x86::dots_avx512`],
+/// [`x86::axpy_rows_avx512`]): each K and V row is loaded once for all the rows of a pass,
+/// with the same lane arithmetic as the reference, so the same bits.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn attend_rows_avx512(rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale: f32) {
+    attend_rows_impl(
+        rows,
+        kv,
+        scale,
+        // SAFETY: AVX-512 F and AVX2 (this function's contract).
+        |qs, k, out| unsafe { x86::dots_avx512(qs, k, out) },
+        // SAFETY: as above.
+        |acc, p, v| unsafe { x86::axpy_avx2(acc, p, v) },
+        // SAFETY: as above.
+        |acc, p, v| unsafe { x86::axpy4_avx2(acc, p, v) },
+        // SAFETY: as above.
+        |acc, ps, o, vs, hd| unsafe { x86::axpy_rows_avx512(acc, ps, o, vs, hd) },
     )
 }
 
@@ -294,7 +362,29 @@ unsafe fn attend_rows_avx2(rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale: 
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::DOT_LANES;
+    use super::{DOT_LANES, KV_BLOCK, MAX_HEAD_DIM};
+
+    /// The halving tree of [`super::dot`] over its 16 lanes, given as lanes 0-7 plus lanes
+    /// 8-15 (`c`, the tree's first step), plus the tail.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn finish_dot(c: __m256, tail: f32) -> f32 {
+        // The tree: lane i += lane i + 4, then + 2, + 1.
+        let d = _mm_add_ps(_mm256_castps256_ps128(c), _mm256_extractf128_ps::<1>(c));
+        let e = _mm_add_ps(d, _mm_movehl_ps(d, d));
+        let f = _mm_add_ss(e, _mm_shuffle_ps::<0b01>(e, e));
+        _mm_cvtss_f32(f) + tail
+    }
+
+    /// The sequential tail of [`super::dot`] (elements from `full` on).
+    #[inline(always)]
+    fn tail(a: &[f32], b: &[f32], full: usize) -> f32 {
+        let mut t = 0f32;
+        for (x, y) in a[full..].iter().zip(&b[full..]) {
+            t += x * y;
+        }
+        t
+    }
 
     /// [`super::dot`] with its 16 lanes in two 8-wide registers and its halving tree spelled
     /// out: the same additions in the same order, so the same bits.
@@ -304,6 +394,7 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
         let full = n / DOT_LANES * DOT_LANES;
         let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
@@ -321,16 +412,178 @@ mod x86 {
             }
             i += DOT_LANES;
         }
-        // The tree: lane i += lane i + 8, then + 4, + 2, + 1.
-        let c = _mm256_add_ps(lo, hi);
-        let d = _mm_add_ps(_mm256_castps256_ps128(c), _mm256_extractf128_ps::<1>(c));
-        let e = _mm_add_ps(d, _mm_movehl_ps(d, d));
-        let f = _mm_add_ss(e, _mm_shuffle_ps::<0b01>(e, e));
-        let mut tail = 0f32;
-        for (x, y) in a[full..n].iter().zip(&b[full..n]) {
-            tail += x * y;
+        finish_dot(_mm256_add_ps(lo, hi), tail(a, b, full))
+    }
+
+    /// [`super::dots`] by [`dot_avx2`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dots_avx2(qs: &[&[f32]], k: &[f32], out: &mut [f32]) {
+        for (o, q) in out.iter_mut().zip(qs) {
+            // SAFETY: AVX2 (contract).
+            *o = unsafe { dot_avx2(q, k) };
         }
-        _mm_cvtss_f32(f) + tail
+    }
+
+    /// [`super::dots`] with 16-lane registers, four rows per pass over `k` (each chunk of `k`
+    /// loaded once for the four): each row's lanes take the same products in the same order as
+    /// [`super::dot`], so the same bits.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and AVX2.
+    #[target_feature(enable = "avx512f,avx2")]
+    pub(super) unsafe fn dots_avx512(qs: &[&[f32]], k: &[f32], out: &mut [f32]) {
+        let n = qs.len().min(out.len());
+        let mut r = 0;
+        while r < n {
+            let (q, o) = (&qs[r..n], &mut out[r..n]);
+            // SAFETY: AVX-512 F and AVX2 (contract).
+            r += unsafe {
+                match q.len() {
+                    1 => dots_group_avx512::<1>(q, k, o),
+                    2 => dots_group_avx512::<2>(q, k, o),
+                    3 => dots_group_avx512::<3>(q, k, o),
+                    _ => dots_group_avx512::<4>(q, k, o),
+                }
+            };
+        }
+    }
+
+    /// The first `R` rows of [`dots_avx512`]; returns `R`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and AVX2; `qs` and `out` hold at least `R` entries.
+    #[target_feature(enable = "avx512f,avx2")]
+    #[inline]
+    unsafe fn dots_group_avx512<const R: usize>(qs: &[&[f32]], k: &[f32], out: &mut [f32]) -> usize {
+        // Plain loops, not `array::from_fn`/`map`: those closures are not inlined into this
+        // function and lose its target features (the registers went through memory).
+        let mut q: [&[f32]; R] = [&[]; R];
+        // Each row's own length, as `dot` takes the shorter of its two slices.
+        let mut n = [0usize; R];
+        for j in 0..R {
+            q[j] = qs[j];
+            n[j] = q[j].len().min(k.len());
+        }
+        let full = n.iter().fold(k.len(), |a, &b| a.min(b)) / DOT_LANES * DOT_LANES;
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut i = 0;
+        while i < full {
+            // SAFETY: i + 16 <= full, which is within `k` and every `q[j]`.
+            unsafe {
+                let kv = _mm512_loadu_ps(k.as_ptr().add(i));
+                for j in 0..R {
+                    let p = _mm512_mul_ps(_mm512_loadu_ps(q[j].as_ptr().add(i)), kv);
+                    acc[j] = _mm512_add_ps(acc[j], p);
+                }
+            }
+            i += DOT_LANES;
+        }
+        for j in 0..R {
+            // A row longer than `full` continues in the 16 lanes, as `dot`'s chunks would.
+            let (a, b) = (&q[j][..n[j]], &k[..n[j]]);
+            let jfull = n[j] / DOT_LANES * DOT_LANES;
+            let mut lanes = acc[j];
+            let mut i = full;
+            while i < jfull {
+                // SAFETY: i + 16 <= jfull <= n[j], within both slices.
+                unsafe {
+                    let p = _mm512_mul_ps(
+                        _mm512_loadu_ps(a.as_ptr().add(i)),
+                        _mm512_loadu_ps(b.as_ptr().add(i)),
+                    );
+                    lanes = _mm512_add_ps(lanes, p);
+                }
+                i += DOT_LANES;
+            }
+            let lo = _mm512_castps512_ps256(lanes);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(lanes)));
+            out[j] = finish_dot(_mm256_add_ps(lo, hi), tail(a, b, jfull));
+        }
+        R
+    }
+
+    /// [`super::axpy_rows`] with 16-lane registers: for each chunk of 16 elements, four rows'
+    /// accumulators stay in registers while every position's V chunk is loaded once and added
+    /// to all four, in position order (elementwise, the same operations: the same bits).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and AVX2.
+    #[target_feature(enable = "avx512f,avx2")]
+    pub(super) unsafe fn axpy_rows_avx512(
+        acc: &mut [[f32; MAX_HEAD_DIM]],
+        ps: &[[f32; KV_BLOCK]],
+        o: usize,
+        vs: &[&[f32]],
+        hd: usize,
+    ) {
+        assert!(
+            hd <= MAX_HEAD_DIM && o + vs.len() <= KV_BLOCK && vs.iter().all(|v| v.len() >= hd),
+            "axpy_rows out of bounds"
+        );
+        let n = acc.len().min(ps.len());
+        let full = hd / 16 * 16;
+        let mut r = 0;
+        while r < n {
+            let rn = (n - r).min(4);
+            let (a, p) = (&mut acc[r..r + rn], &ps[r..r + rn]);
+            // SAFETY: AVX-512 F and AVX2 (contract); bounds asserted above.
+            unsafe {
+                match rn {
+                    1 => axpy_group_avx512::<1>(a, p, o, vs, full),
+                    2 => axpy_group_avx512::<2>(a, p, o, vs, full),
+                    3 => axpy_group_avx512::<3>(a, p, o, vs, full),
+                    _ => axpy_group_avx512::<4>(a, p, o, vs, full),
+                }
+            }
+            for (a, p) in acc[r..r + rn].iter_mut().zip(&ps[r..r + rn]) {
+                for d in full..hd {
+                    for (j, v) in vs.iter().enumerate() {
+                        a[d] += p[o + j] * v[d];
+                    }
+                }
+            }
+            r += rn;
+        }
+    }
+
+    /// Elements `0..full` (a multiple of 16) of `R` rows of [`axpy_rows_avx512`].
+    ///
+    /// # Safety
+    /// As [`axpy_rows_avx512`], whose bounds hold; `acc` and `ps` hold `R` rows.
+    #[target_feature(enable = "avx512f,avx2")]
+    #[inline]
+    unsafe fn axpy_group_avx512<const R: usize>(
+        acc: &mut [[f32; MAX_HEAD_DIM]],
+        ps: &[[f32; KV_BLOCK]],
+        o: usize,
+        vs: &[&[f32]],
+        full: usize,
+    ) {
+        let mut d = 0;
+        while d < full {
+            // SAFETY: d + 16 <= full <= hd <= MAX_HEAD_DIM, within every row of `acc` and every
+            // `vs[j]` (caller's bounds).
+            unsafe {
+                let mut a = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    a[r] = _mm512_loadu_ps(acc[r][d..].as_ptr());
+                }
+                for (j, v) in vs.iter().enumerate() {
+                    let x = _mm512_loadu_ps(v.as_ptr().add(d));
+                    for r in 0..R {
+                        let p = _mm512_set1_ps(ps[r][o + j]);
+                        a[r] = _mm512_add_ps(a[r], _mm512_mul_ps(p, x));
+                    }
+                }
+                for r in 0..R {
+                    _mm512_storeu_ps(acc[r][d..].as_mut_ptr(), a[r]);
+                }
+            }
+            d += 16;
+        }
     }
 
     /// [`super::axpy4`], eight lanes at a time: each chunk of the accumulator is loaded and
@@ -396,9 +649,10 @@ fn attend_rows_impl(
     rows: &mut [QueryRow<'_>],
     kv: &KvStream<'_>,
     scale: f32,
-    dot: impl Fn(&[f32], &[f32]) -> f32,
+    dots: impl Fn(&[&[f32]], &[f32], &mut [f32]),
     axpy: impl Fn(&mut [f32], f32, &[f32]),
     axpy4: impl Fn(&mut [f32], [f32; 4], [&[f32]; 4]),
+    axpy_rows: impl Fn(&mut [[f32; MAX_HEAD_DIM]], &[[f32; KV_BLOCK]], usize, &[&[f32]], usize),
 ) {
     let n = rows.len().min(MAX_GROUP_ROWS);
     let hd = kv.hd;
@@ -407,7 +661,8 @@ fn attend_rows_impl(
     let mut l = [0f32; MAX_GROUP_ROWS];
     let mut s = [[0f32; KV_BLOCK]; MAX_GROUP_ROWS];
     let mut kbuf = [0f32; MAX_HEAD_DIM];
-    let mut vbuf4 = [[0f32; MAX_HEAD_DIM]; 4];
+    // A block's V rows, decoded (for f32 storage they are borrowed instead).
+    let mut vbuf = [[0f32; MAX_HEAD_DIM]; KV_BLOCK];
 
     let active = |r: &QueryRow<'_>| r.start < r.end;
     let lo = rows[..n]
@@ -421,10 +676,21 @@ fn attend_rows_impl(
         while b0 < hi {
             let b1 = (b0 + KV_BLOCK).min(hi);
             let blo = b0.max(lo);
-            // Scores. Meanwhile the K row a few positions on and this position's V row (for
-            // the value pass below) are hinted into cache.
+            // Scores: the rows that take the position, all against one load of its K row.
+            // Meanwhile the K row a few positions on and this position's V row (for the value
+            // pass below) are hinted into cache.
             for pos in blo..b1 {
-                if !rows[..n].iter().any(|r| r.start <= pos && pos < r.end) {
+                let mut qs: [&[f32]; MAX_GROUP_ROWS] = [&[]; MAX_GROUP_ROWS];
+                let mut which = [0usize; MAX_GROUP_ROWS];
+                let mut na = 0;
+                for (r, row) in rows[..n].iter().enumerate() {
+                    if row.start <= pos && pos < row.end {
+                        qs[na] = row.q;
+                        which[na] = r;
+                        na += 1;
+                    }
+                }
+                if na == 0 {
                     continue;
                 }
                 if pos + KV_PREFETCH_AHEAD < hi {
@@ -433,14 +699,14 @@ fn attend_rows_impl(
                 let kr = kv.map.row(pos);
                 kv.v.prefetch_row(kr, hd);
                 let k = kv.k.row(kr, hd, &mut kbuf);
-                for (r, row) in rows[..n].iter().enumerate() {
-                    if row.start <= pos && pos < row.end {
-                        let mut x = dot(row.q, k) * scale;
-                        if let Some(b) = row.bias {
-                            x += b[pos];
-                        }
-                        s[r][pos - b0] = x;
+                let mut xs = [0f32; MAX_GROUP_ROWS];
+                dots(&qs[..na], k, &mut xs[..na]);
+                for (&r, &d) in which[..na].iter().zip(&xs[..na]) {
+                    let mut x = d * scale;
+                    if let Some(b) = rows[r].bias {
+                        x += b[pos];
                     }
+                    s[r][pos - b0] = x;
                 }
             }
             // Running max, rescale, probabilities.
@@ -475,7 +741,18 @@ fn attend_rows_impl(
                 }
                 l[r] = lr;
             }
-            // Values, four positions at a time where every row takes all four or none of them
+            // Values. When every row takes the whole block (decode, and prefill away from the
+            // diagonal), all rows at once: each V row loaded once for all of them.
+            if rows[..n].iter().all(|r| r.start <= blo && b1 <= r.end) {
+                let mut vs: [&[f32]; KV_BLOCK] = [&[]; KV_BLOCK];
+                for ((v, buf), pos) in vs.iter_mut().zip(vbuf.iter_mut()).zip(blo..b1) {
+                    *v = kv.v.row(kv.map.row(pos), hd, buf);
+                }
+                axpy_rows(&mut acc[..n], &s[..n], blo - b0, &vs[..b1 - blo], hd);
+                b0 += KV_BLOCK;
+                continue;
+            }
+            // Else four positions at a time where every row takes all four or none of them
             // (`axpy4`: the accumulator loaded and stored once per four positions), else one.
             let mut pos = blo;
             while pos < b1 {
@@ -483,7 +760,9 @@ fn attend_rows_impl(
                 let none = |r: &QueryRow<'_>| r.end <= pos || pos + 4 <= r.start;
                 if pos + 4 <= b1 && rows[..n].iter().all(|r| all(r) || none(r)) {
                     if rows[..n].iter().any(all) {
-                        let [v0, v1, v2, v3] = &mut vbuf4;
+                        let [v0, v1, v2, v3] = &mut vbuf[..4] else {
+                            unreachable!("KV_BLOCK >= 4")
+                        };
                         let v4 = [
                             kv.v.row(kv.map.row(pos), hd, v0),
                             kv.v.row(kv.map.row(pos + 1), hd, v1),
@@ -505,7 +784,7 @@ fn attend_rows_impl(
                     pos += 1;
                     continue;
                 }
-                let v = kv.v.row(kv.map.row(pos), hd, &mut vbuf4[0]);
+                let v = kv.v.row(kv.map.row(pos), hd, &mut vbuf[0]);
                 for (r, row) in rows[..n].iter().enumerate() {
                     if row.start <= pos && pos < row.end {
                         axpy(&mut acc[r][..hd], s[r][pos - b0], v);
@@ -1126,6 +1405,105 @@ mod tests {
                     want[d]
                 );
             }
+        }
+    }
+
+    /// Every ISA's `attend_rows` on a group gives the bits of the scalar reference row by row:
+    /// all rows on one range (the decode case: multi-row dots and whole-block value passes),
+    /// or each on its own (the diagonal of a prefill), any head dim and group size, with a
+    /// mask row, on f32 and bf16 K/V.
+    fn check_group_matches_scalar_rows(
+        hd: usize,
+        nrows: usize,
+        ranges: &[(usize, usize)],
+        seed: u64,
+        bf16_kv: bool,
+        masked: bool,
+    ) {
+        let mut seed = seed;
+        let len = ranges.iter().map(|r| r.1).max().unwrap_or(0).max(1);
+        let k: Vec<f32> = (0..len * hd).map(|_| rng(&mut seed) * 2.0).collect();
+        let v: Vec<f32> = (0..len * hd).map(|_| rng(&mut seed)).collect();
+        let (kb, vb): (Vec<bf16>, Vec<bf16>) = (
+            k.iter().map(|&x| bf16::from_f32(x)).collect(),
+            v.iter().map(|&x| bf16::from_f32(x)).collect(),
+        );
+        let mask: Vec<f32> = (0..len)
+            .map(|p| if p % 7 == 3 { f32::NEG_INFINITY } else { rng(&mut seed) })
+            .collect();
+        let qs: Vec<Vec<f32>> = (0..nrows)
+            .map(|_| (0..hd).map(|_| rng(&mut seed) * 3.0).collect())
+            .collect();
+        let kv = KvStream {
+            k: if bf16_kv { RowStore::Bf16(&kb) } else { RowStore::F32(&k) },
+            v: if bf16_kv { RowStore::Bf16(&vb) } else { RowStore::F32(&v) },
+            map: PosMap::Contig { base: 0 },
+            hd,
+        };
+        let scale = default_scale(hd);
+        fn row<'a>(
+            q: &'a [f32],
+            (start, end): (usize, usize),
+            bias: Option<&'a [f32]>,
+            out: &'a mut [f32],
+        ) -> QueryRow<'a> {
+            QueryRow {
+                q,
+                start,
+                end,
+                bias,
+                out,
+            }
+        }
+        let bias = masked.then_some(&mask[..]);
+        let range = |i: usize| ranges[i % ranges.len()];
+        let mut alone = vec![vec![0f32; hd]; nrows];
+        for (i, out) in alone.iter_mut().enumerate() {
+            let mut one = [row(&qs[i], range(i), bias, out)];
+            attend_rows(HostIsa::Scalar, &mut one, &kv, scale);
+        }
+        let bits = |v: &[Vec<f32>]| {
+            v.iter()
+                .flat_map(|r| r.iter().map(|f| f.to_bits()))
+                .collect::<Vec<_>>()
+        };
+        for isa in HostIsa::supported_list() {
+            let mut grouped = vec![vec![0f32; hd]; nrows];
+            let mut rows: Vec<QueryRow<'_>> = grouped
+                .iter_mut()
+                .enumerate()
+                .map(|(i, out)| row(&qs[i], range(i), bias, out))
+                .collect();
+            attend_rows(isa, &mut rows, &kv, scale);
+            assert_eq!(bits(&grouped), bits(&alone), "{isa:?}");
+        }
+    }
+
+    #[test]
+    fn decode_groups_match_the_reference_rows() {
+        // The 2B-4T decode shape: four query heads per KV head, head dim 128.
+        check_group_matches_scalar_rows(128, 4, &[(0, 161)], 1, false, false);
+        check_group_matches_scalar_rows(128, 4, &[(0, 161)], 2, true, true);
+        // A range starting inside a block, odd head dims, a group of five and of sixteen.
+        check_group_matches_scalar_rows(72, 5, &[(13, 100)], 3, false, true);
+        check_group_matches_scalar_rows(5, 16, &[(0, 40)], 4, true, false);
+        check_group_matches_scalar_rows(200, 7, &[(31, 33)], 5, false, false);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn attention_groups_match_the_reference_rows(
+            hd in 1usize..=160,
+            nrows in 1usize..=16,
+            starts in proptest::collection::vec(0usize..80, 1..4),
+            lens in proptest::collection::vec(0usize..90, 1..4),
+            seed in proptest::prelude::any::<u64>(),
+            bf16_kv in proptest::prelude::any::<bool>(),
+            masked in proptest::prelude::any::<bool>(),
+        ) {
+            let ranges: Vec<(usize, usize)> =
+                starts.iter().zip(lens.iter().cycle()).map(|(&s, &l)| (s, s + l)).collect();
+            check_group_matches_scalar_rows(hd, nrows, &ranges, seed, bf16_kv, masked);
         }
     }
 
