@@ -70,7 +70,12 @@ impl ProfileSum {
         let rows = self.rows(units);
         let total: f64 = rows.iter().map(|r| r.2).sum();
         eprintln!("{title}: {total:.2} ms per {unit} in ops ({units} {unit}s)");
-        eprintln!("{:>10} {:>6} {:>7}  op", format!("ms/{unit}"), "share", "calls");
+        eprintln!(
+            "{:>10} {:>6} {:>7}  op",
+            format!("ms/{unit}"),
+            "share",
+            "calls"
+        );
         for (name, calls, ms, share) in rows {
             eprintln!("{ms:>10.3} {:>5.1}% {calls:>7.1}  {name}", share * 100.0);
         }

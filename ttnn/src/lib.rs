@@ -39,8 +39,8 @@ mod tt;
 pub mod types;
 
 pub use device::{
-    BackendKind, BufferFootprint, ChipSpec, Device, DeviceSpec, MemoryReport, MemoryUsage,
-    OpTime, TernaryLayout,
+    BackendKind, BufferFootprint, ChipSpec, Device, DeviceSpec, MemoryReport, MemoryUsage, OpTime,
+    TernaryLayout,
 };
 pub use error::{Error, Result};
 pub use host::data::{Element, SharedBytes, SharedSource};

@@ -18,7 +18,10 @@ const HUGE_PAGE: usize = 2 << 20;
 pub(crate) fn advise_huge_pages<T>(v: &[T]) {
     let start = v.as_ptr() as usize;
     let end = start + std::mem::size_of_val(v);
-    let (a, b) = (start.next_multiple_of(HUGE_PAGE), end / HUGE_PAGE * HUGE_PAGE);
+    let (a, b) = (
+        start.next_multiple_of(HUGE_PAGE),
+        end / HUGE_PAGE * HUGE_PAGE,
+    );
     if b <= a {
         return;
     }

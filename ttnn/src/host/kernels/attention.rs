@@ -457,7 +457,11 @@ mod x86 {
     /// The CPU must support AVX-512 F and AVX2; `qs` and `out` hold at least `R` entries.
     #[target_feature(enable = "avx512f,avx2")]
     #[inline]
-    unsafe fn dots_group_avx512<const R: usize>(qs: &[&[f32]], k: &[f32], out: &mut [f32]) -> usize {
+    unsafe fn dots_group_avx512<const R: usize>(
+        qs: &[&[f32]],
+        k: &[f32],
+        out: &mut [f32],
+    ) -> usize {
         // Plain loops, not `array::from_fn`/`map`: those closures are not inlined into this
         // function and lose its target features (the registers went through memory).
         let mut q: [&[f32]; R] = [&[]; R];
@@ -1429,14 +1433,28 @@ mod tests {
             v.iter().map(|&x| bf16::from_f32(x)).collect(),
         );
         let mask: Vec<f32> = (0..len)
-            .map(|p| if p % 7 == 3 { f32::NEG_INFINITY } else { rng(&mut seed) })
+            .map(|p| {
+                if p % 7 == 3 {
+                    f32::NEG_INFINITY
+                } else {
+                    rng(&mut seed)
+                }
+            })
             .collect();
         let qs: Vec<Vec<f32>> = (0..nrows)
             .map(|_| (0..hd).map(|_| rng(&mut seed) * 3.0).collect())
             .collect();
         let kv = KvStream {
-            k: if bf16_kv { RowStore::Bf16(&kb) } else { RowStore::F32(&k) },
-            v: if bf16_kv { RowStore::Bf16(&vb) } else { RowStore::F32(&v) },
+            k: if bf16_kv {
+                RowStore::Bf16(&kb)
+            } else {
+                RowStore::F32(&k)
+            },
+            v: if bf16_kv {
+                RowStore::Bf16(&vb)
+            } else {
+                RowStore::F32(&v)
+            },
             map: PosMap::Contig { base: 0 },
             hd,
         };

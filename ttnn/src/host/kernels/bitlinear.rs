@@ -180,9 +180,62 @@ pub(crate) fn quantize_row_int8_isa(isa: HostIsa, x: &[f32], q: &mut [i8]) -> f3
     }
 }
 
+/// Rounds each value to bf16 precision in place, as `half::bf16::from_f32(v).to_f32()`:
+/// to nearest even, NaN made quiet with its top mantissa bits kept.
+fn round_bf16(v: &mut [f32]) {
+    for x in v {
+        *x = half::bf16::from_f32(*x).to_f32();
+    }
+}
+
+/// [`round_bf16`] by the ISA's kernel. (One value at a time it was half of a decode
+/// bitlinear's activation quantization: 1.3 us of 2.7 for a 2560-value row.)
+fn round_bf16_isa(isa: HostIsa, v: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the device only selects Avx2/Avx512Vnni after detecting AVX2.
+        HostIsa::Avx2 | HostIsa::Avx512Vnni => unsafe { x86::round_bf16_avx2(v) },
+        _ => round_bf16(v),
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// [`super::round_bf16`] on the bits, eight values at a time: `x + 0x7fff + lsb`, cut to
+    /// the top 16 bits, is round-to-nearest-even (carrying into the exponent, up to
+    /// infinity); a NaN keeps its top bits with the quiet bit set, as `half` does.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn round_bf16_avx2(v: &mut [f32]) {
+        let n8 = v.len() / 8 * 8;
+        let (abs, inf) = (
+            _mm256_set1_epi32(0x7fff_ffff),
+            _mm256_set1_epi32(0x7f80_0000),
+        );
+        let (half_ulp, one) = (_mm256_set1_epi32(0x7fff), _mm256_set1_epi32(1));
+        let (top, quiet) = (
+            _mm256_set1_epi32(0xffff_0000u32 as i32),
+            _mm256_set1_epi32(0x40_0000),
+        );
+        for i in (0..n8).step_by(8) {
+            // SAFETY: i + 8 <= n8 <= v.len().
+            unsafe {
+                let p = v.as_mut_ptr().add(i).cast::<__m256i>();
+                let x = _mm256_loadu_si256(p);
+                let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(x), one);
+                let rounded = _mm256_add_epi32(_mm256_add_epi32(x, half_ulp), lsb);
+                // Signed compare is right here: both sides are below 2^31.
+                let nan = _mm256_cmpgt_epi32(_mm256_and_si256(x, abs), inf);
+                let r = _mm256_blendv_epi8(rounded, _mm256_or_si256(x, quiet), nan);
+                _mm256_storeu_si256(p, _mm256_and_si256(r, top));
+            }
+        }
+        super::round_bf16(&mut v[n8..]);
+    }
 
     /// # Safety
     /// The CPU must support AVX2.
@@ -390,9 +443,7 @@ fn quantize_rows(
             let dst = unsafe { std::slice::from_raw_parts_mut(n.out.get().add(r * k), k) };
             rms_norm_row(xr, None, n.gamma, None, n.eps, dst);
             if n.round_bf16 {
-                for v in dst.iter_mut() {
-                    *v = half::bf16::from_f32(*v).to_f32();
-                }
+                round_bf16_isa(ctx.isa, dst);
             }
             xr = dst;
         }
@@ -462,7 +513,11 @@ pub(crate) struct BitLinearCmd {
 
 impl HostCommand for BitLinearCmd {
     fn name(&self) -> String {
-        let norm = if self.input_norm.is_some() { " +rms_norm" } else { "" };
+        let norm = if self.input_norm.is_some() {
+            " +rms_norm"
+        } else {
+            ""
+        };
         format!("BitLinear {}x{}{norm}", self.k, self.n)
     }
 
@@ -917,6 +972,31 @@ impl HostCommand for QuantizeCmd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The vector bf16 rounding gives `half`'s bits for any f32 bit pattern (NaNs,
+        /// infinities, subnormals, ties, overflow to infinity) and any length.
+        #[test]
+        fn bf16_rounding_matches_half(
+            bits in proptest::collection::vec(proptest::prelude::any::<u32>(), 0..40),
+            ties in proptest::collection::vec(0u32..0x8000, 0..8),
+        ) {
+            let mut v: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+            // Exact ties (low half 0x8000) with even and odd kept parts, and the largest
+            // finite values, which round up to infinity.
+            v.extend(ties.iter().map(|&t| f32::from_bits((t << 17) | 0x8000)));
+            v.extend(ties.iter().map(|&t| f32::from_bits((t << 17) | 0x1_8000)));
+            v.extend([f32::MAX, -f32::MAX, f32::INFINITY, f32::NAN, -0.0]);
+            let mut want = v.clone();
+            round_bf16(&mut want);
+            for isa in HostIsa::supported_list() {
+                let mut got = v.clone();
+                round_bf16_isa(isa, &mut got);
+                let b = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                proptest::prop_assert_eq!(b(&got), b(&want), "{:?}", isa);
+            }
+        }
+    }
 
     #[test]
     fn quantize_rounds_half_to_even_and_clamps_absmax() {
