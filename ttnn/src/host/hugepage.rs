@@ -5,7 +5,9 @@
 //! with THP in `madvise` mode (the common default), a buffer's whole 2 MiB pages can be backed
 //! by huge pages if it asks before its pages are first touched. Measured on the 2B-4T shape
 //! with 1 thread (`bitnet bench --profile-ops`), the bfp8_b lm_head (349 MB) took 14.2-14.4 ms
-//! per token with huge pages against 17.5-19.0 without.
+//! per token with huge pages against 17.5-19.0 without. The ternary weights are not advised:
+//! each is its own buffer of 1.4-3.7 MB, which holds at most one whole huge page, and advising
+//! them showed no difference.
 
 /// Bytes of a transparent huge page on x86-64 and most aarch64 kernels.
 const HUGE_PAGE: usize = 2 << 20;

@@ -67,11 +67,7 @@ impl TernaryData {
                 rows,
                 row_len,
                 layout,
-                packed: {
-                    let p = vec![0; lut::storage_bytes(rows, row_len)];
-                    super::hugepage::advise_huge_pages(&p);
-                    p
-                },
+                packed: vec![0; lut::storage_bytes(rows, row_len)],
                 neg: vec![
                     0;
                     if layout == TernaryLayout::Lut3 {
