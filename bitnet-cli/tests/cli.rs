@@ -192,6 +192,58 @@ fn info_prints_the_summary_and_the_plan() {
     }
 }
 
+/// `bitnet bench --profile-ops`: the per-op table on stderr and `op_profile` in the JSON, with
+/// every decode step's ops (one lm_head; per layer five BitLinears: fused QKV, o, gate, up,
+/// down; and one attention).
+#[test]
+fn bench_profile_ops_reports_every_decode_op() {
+    let dir = model_dir("tiny-2b4t-format");
+    let out = bitnet(&[
+        "bench",
+        "--model",
+        dir.to_str().expect("path"),
+        "--prompt-len",
+        "8",
+        "--gen-len",
+        "6",
+        "--reps",
+        "2",
+        "--threads",
+        "1",
+        "--bandwidth-mib",
+        "8",
+        "--profile-ops",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(ok(&out).trim()).expect("json");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("decode op profile"), "{stderr}");
+    assert!(stderr.contains("prefill op profile"), "{stderr}");
+    let decode = v["op_profile"]["decode_per_token"]
+        .as_array()
+        .expect("decode ops");
+    let calls = |prefix: &str| -> f64 {
+        decode
+            .iter()
+            .filter(|o| o["op"].as_str().is_some_and(|n| n.starts_with(prefix)))
+            .map(|o| o["calls"].as_f64().expect("calls"))
+            .sum()
+    };
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).expect("config"))
+            .expect("config json");
+    let layers = config["num_hidden_layers"].as_f64().expect("layers");
+    assert_eq!(calls("Matmul"), 1.0, "{decode:?}");
+    assert_eq!(calls("BitLinear"), 5.0 * layers, "{decode:?}");
+    assert_eq!(calls("paged_scaled_dot_product_attention_decode"), layers);
+    let share: f64 = decode
+        .iter()
+        .map(|o| o["share"].as_f64().expect("share"))
+        .sum();
+    assert!((share - 1.0).abs() < 1e-6, "shares sum to {share}");
+    assert!(decode.iter().all(|o| o["ms"].as_f64().expect("ms") >= 0.0));
+}
+
 #[test]
 fn bad_input_is_a_clear_error() {
     let dir = model_dir("tiny-2b4t-format");

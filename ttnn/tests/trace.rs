@@ -273,3 +273,49 @@ fn upload_helper_round_trips() {
     );
     assert_eq!(t.to_vec::<f32>().expect("read"), vec![1.0, 2.0]);
 }
+
+/// The op profile counts each command of eager runs and of replays under its name, only while
+/// on, and starts again from zero after a reset.
+#[test]
+fn op_profile_counts_eager_and_replayed_commands() {
+    let dev = device();
+    let inputs = upload_inputs(&dev, 5);
+    // Off by default: nothing is recorded.
+    step(&inputs);
+    assert!(dev.op_profile().is_empty());
+
+    dev.set_op_profiling(true).expect("host backend profiles");
+    step(&inputs);
+    let calls = |name: &str| {
+        dev.op_profile()
+            .iter()
+            .find(|o| o.name == name)
+            .map_or(0, |o| o.calls)
+    };
+    assert_eq!(calls("Binary Multiply"), 1);
+    assert_eq!(calls("Binary Add"), 1);
+    assert_eq!(calls("Argmax"), 1);
+    assert_eq!(calls("PlusOne"), 1);
+
+    let tid = begin_trace_capture(&dev, 0).expect("begin");
+    step(&inputs);
+    let trace = end_trace_capture(&dev, tid, 0).expect("end");
+    // Capture records without running: no new calls.
+    assert_eq!(calls("Argmax"), 1);
+    for _ in 0..3 {
+        execute_trace(&dev, &trace, 0, true).expect("execute");
+    }
+    let ops = dev.op_profile();
+    assert_eq!(ops.len(), 4, "{ops:?}");
+    assert!(ops.iter().all(|o| o.calls == 4), "{ops:?}");
+    assert!(ops.iter().all(|o| o.total > std::time::Duration::ZERO));
+
+    dev.reset_op_profile();
+    assert!(dev.op_profile().is_empty());
+    dev.set_op_profiling(false).expect("off");
+    execute_trace(&dev, &trace, 0, true).expect("execute");
+    assert!(dev.op_profile().is_empty());
+    dev.set_op_profiling(true).expect("on");
+    execute_trace(&dev, &trace, 0, true).expect("execute");
+    assert_eq!(calls("Binary Multiply"), 1);
+}
