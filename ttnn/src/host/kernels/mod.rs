@@ -91,17 +91,7 @@ pub(crate) const PREFETCH_BYTES: usize = 4096;
 #[inline(always)]
 pub(crate) fn prefetch<T>(bytes: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let p = bytes.as_ptr().cast::<i8>();
-        let len = std::mem::size_of_val(bytes);
-        let mut off = 0;
-        while off < len {
-            // SAFETY: `p + off` is inside `bytes`; a prefetch never faults or writes.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(off)) };
-            off += 64;
-        }
-    }
+    prefetch_lines::<{ std::arch::x86_64::_MM_HINT_T0 }, T>(bytes);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = bytes;
 }
@@ -111,19 +101,23 @@ pub(crate) fn prefetch<T>(bytes: &[T]) {
 #[inline(always)]
 pub(crate) fn prefetch_l2<T>(bytes: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
-        let p = bytes.as_ptr().cast::<i8>();
-        let len = std::mem::size_of_val(bytes);
-        let mut off = 0;
-        while off < len {
-            // SAFETY: `p + off` is inside `bytes`; a prefetch never faults or writes.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(off)) };
-            off += 64;
-        }
-    }
+    prefetch_lines::<{ std::arch::x86_64::_MM_HINT_T1 }, T>(bytes);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = bytes;
+}
+
+/// One `_mm_prefetch` hint `HINT` per 64-byte line of `bytes`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_lines<const HINT: i32, T>(bytes: &[T]) {
+    let p = bytes.as_ptr().cast::<i8>();
+    let len = std::mem::size_of_val(bytes);
+    let mut off = 0;
+    while off < len {
+        // SAFETY: `p + off` is inside `bytes`; a prefetch never faults or writes.
+        unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(p.add(off)) };
+        off += 64;
+    }
 }
 
 /// How far ahead a block-float GEMV (the lm_head) asks for weight rows. Its kernel hints the
