@@ -4,8 +4,9 @@
 //! walk) every 4 KiB, and the hardware prefetchers restart at each page boundary. On Linux
 //! with THP in `madvise` mode (the common default), a buffer's whole 2 MiB pages can be backed
 //! by huge pages if it asks before its pages are first touched. Measured on the 2B-4T shape
-//! with 1 thread (`bitnet bench --profile-ops`), the bfp8_b lm_head (349 MB) took 14.2-14.4 ms
-//! per token with huge pages against 17.5-19.0 without. The ternary weights are not advised:
+//! with 1 thread (`bitnet bench --profile-ops`, alternating binaries), the bfp8_b lm_head
+//! (349 MB) took 14.0-14.7 ms per token with huge pages against 17.5-19.0 without; in a later,
+//! noisier comparison 13.2-16.7 against 15.5-17.9. The ternary weights are not advised:
 //! each is its own buffer of 1.4-3.7 MB, which holds at most one whole huge page, and advising
 //! them showed no difference.
 
