@@ -28,7 +28,9 @@ pub struct BenchArgs {
     pub bandwidth_mib: usize,
     /// Time every op (host backend): a per-op table on stderr for decode (per token, over all
     /// repetitions) and prefill (per prompt, over repetitions after the first, whose prefill
-    /// step also runs and captures the decode trace), and `op_profile` in the JSON.
+    /// step also runs and captures the decode trace), and `op_profile` in the JSON. The
+    /// prefill step also decodes the first generated token, so its table holds one decode
+    /// step's ops too (a second lm_head, one attention decode per layer).
     #[arg(long)]
     pub profile_ops: bool,
 }
