@@ -12,11 +12,11 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use ttnn::experimental::{BitLinearArgs, bitlinear};
+use ttnn::experimental::{BitLinearArgs, InputRmsNorm, bitlinear};
 use ttnn::transformer::{PagedSdpaDecodeArgs, paged_scaled_dot_product_attention_decode};
 use ttnn::{
     DRAM_MEMORY_CONFIG, DataType, Device, DeviceSpec, Layout, LinearArgs, RmsNormArgs, Tensor,
-    linear, rms_norm,
+    begin_trace_capture, end_trace_capture, execute_trace, linear, rms_norm,
 };
 
 const HIDDEN: usize = 2560;
@@ -96,6 +96,67 @@ fn ternary(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// Layers in [`ffn_chain`].
+const CHAIN_LAYERS: usize = 24;
+
+/// A decode step's FFN projections as the model runs them: `CHAIN_LAYERS` layers of gate
+/// (2560 -> 6912) then down (6912 -> 2560), each with its fused RMSNorm, bf16 activations, every
+/// op's input the previous op's output, replayed from a captured trace. The weights (about 180
+/// MB) stream from DRAM as in the model, in ops of 3.7 MB: unlike `dram_48x_ffn_gate` (one op
+/// over all of it), this counts each op's fixed cost (norm and quantization, tables, the
+/// hand-over to the pool and the wait at its end). Here, alternated with one big op, it ran
+/// 10-35 % slower per byte.
+fn ffn_chain(c: &mut Criterion) {
+    let dev = device();
+    let ternary_values = |n: usize, seed: u64| -> Vec<i8> {
+        vals(n, seed)
+            .iter()
+            .map(|&v| (v * 1.5).round().clamp(-1.0, 1.0) as i8)
+            .collect()
+    };
+    let (tg, td) = (
+        ternary_values(FFN * HIDDEN, 11),
+        ternary_values(HIDDEN * FFN, 12),
+    );
+    let layers: Vec<(Tensor, Tensor)> = (0..CHAIN_LAYERS)
+        .map(|_| {
+            (
+                upload(&dev, &tg, &[FFN, HIDDEN], DataType::Ternary),
+                upload(&dev, &td, &[HIDDEN, FFN], DataType::Ternary),
+            )
+        })
+        .collect();
+    let gamma_h = upload(&dev, &vals(HIDDEN, 13), &[HIDDEN], DataType::Bfloat16);
+    let gamma_f = upload(&dev, &vals(FFN, 14), &[FFN], DataType::Bfloat16);
+    let x = upload(&dev, &vals(HIDDEN, 15), &[1, HIDDEN], DataType::Bfloat16);
+    let args = |gamma| BitLinearArgs {
+        weight_scale: 0.5,
+        input_rms_norm: Some(InputRmsNorm {
+            weight: Some(gamma),
+            epsilon: 1e-5,
+            memory_config: None,
+        }),
+        ..Default::default()
+    };
+    let (ag, ad) = (args(&gamma_h), args(&gamma_f));
+    let tid = begin_trace_capture(&dev, 0).expect("begin capture");
+    let mut h = x.clone();
+    for (g, d) in &layers {
+        let y = bitlinear(&h, g, &ag).expect("gate");
+        h = bitlinear(&y, d, &ad).expect("down");
+    }
+    let trace = end_trace_capture(&dev, tid, 0).expect("end capture");
+    let layout = dev.host_ternary_layout().unwrap_or_default();
+    let bytes = layout.stored_bytes(FFN, HIDDEN) + layout.stored_bytes(HIDDEN, FFN);
+    let mut g = c.benchmark_group("bitlinear_decode_GBps");
+    g.throughput(Throughput::BytesDecimal((CHAIN_LAYERS * bytes) as u64));
+    g.bench_function(BenchmarkId::new("ffn_chain", CHAIN_LAYERS), |b| {
+        b.iter(|| execute_trace(&dev, &trace, 0, true).expect("replay"))
+    });
+    g.finish();
+    black_box(h);
 }
 
 /// The lm_head GEMV (B stored [N, K], as the tied embedding) on a quarter of the vocabulary
@@ -195,5 +256,5 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, ternary, lm_head, norm, attention);
+criterion_group!(benches, ternary, ffn_chain, lm_head, norm, attention);
 criterion_main!(benches);
