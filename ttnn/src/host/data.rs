@@ -224,11 +224,7 @@ impl HostData {
     pub fn store_f32(&mut self, src: &[f32]) {
         match self {
             Self::F32(v) => v.copy_from_slice(src),
-            Self::Bf16(v) => {
-                for (d, &s) in v.iter_mut().zip(src) {
-                    *d = bf16::from_f32(s);
-                }
-            }
+            Self::Bf16(v) => crate::host::kernels::convert::f32_to_bf16(src, v),
             Self::Block(b) => b.encode_from(src),
             Self::U32(v) => v.iter_mut().zip(src).for_each(|(d, &s)| *d = s as u32),
             Self::I32(v) => v.iter_mut().zip(src).for_each(|(d, &s)| *d = s as i32),

@@ -3,6 +3,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod bitlinear;
+pub(crate) mod convert;
 pub(crate) mod data_movement;
 pub(crate) mod dense_dot;
 pub(crate) mod eltwise;
@@ -24,8 +25,7 @@ pub(crate) fn read_f32<'a>(d: &'a HostData, scratch: &'a mut Vec<f32>) -> &'a [f
     match d {
         HostData::F32(v) => v,
         HostData::Bf16(v) => {
-            scratch.clear();
-            scratch.extend(v.iter().map(|x| x.to_f32()));
+            convert::bf16_to_f32(v, scratch);
             scratch
         }
         HostData::Block(b) => {

@@ -319,12 +319,21 @@ fn entry(table: &[u8], g: usize, code: u16) -> i32 {
     i16::from_le_bytes([table[at], table[at + 1]]) as i32
 }
 
+/// How far ahead the `Base3` GEMV hints each block's stream into L2, in segments (16: 5 KiB
+/// per stream, 20 KiB for four blocks). With the hints a whole `R` blocks ahead instead,
+/// the first blocks of every task went unhinted and the rest arrived in bursts: criterion
+/// `dram_48x_ffn_gate` (AVX-512, four blocks per call), run to run, 1 thread 18.2-19.2 ->
+/// 19.5-21.9 GB/s, 2 threads 29-36 -> 30-41 (`Lut3`: 17.0-17.7 and 25-30); 8 segments ahead
+/// did worse with 2 threads (29-32), 24-48 no better. On this noisy host the ranges overlap.
+pub(crate) const BASE3_AHEAD_SEGS: usize = 16;
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
     use super::{
-        BASE3_TABLE_BYTES, BASE3_WORD_BYTES, LUT_ROWS, SEG_BYTES, SIGN_OFFSET, TABLE_BYTES,
+        BASE3_AHEAD_SEGS, BASE3_TABLE_BYTES, BASE3_WORD_BYTES, LUT_ROWS, SEG_BYTES, SIGN_OFFSET,
+        TABLE_BYTES,
     };
     use crate::host::ternary_lut::base3_triple;
 
@@ -902,14 +911,6 @@ mod x86 {
             }
         }
     }
-
-    /// How far ahead the `Base3` GEMV hints each block's stream into L2, in segments (16: 5 KiB
-    /// per stream, 20 KiB for four blocks). With the hints a whole `R` blocks ahead instead,
-    /// the first blocks of every task went unhinted and the rest arrived in bursts: criterion
-    /// `dram_48x_ffn_gate` (AVX-512, four blocks per call), run to run, 1 thread 18.2-19.2 ->
-    /// 19.5-21.9 GB/s, 2 threads 29-36 -> 30-41 (`Lut3`: 17.0-17.7 and 25-30); 8 segments ahead
-    /// did worse with 2 threads (29-32), 24-48 no better. On this noisy host the ranges overlap.
-    const BASE3_AHEAD_SEGS: usize = 16;
 
     /// Segments summed in 16-bit lanes before widening: each of the two sums takes at most 10
     /// groups of at most 3 * 128 per segment, so 8 segments stay within 2^15.
