@@ -22,11 +22,14 @@ thread_local! {
 
 /// One parallel region. Lives on the caller's stack for the duration of [`ThreadPool::run`].
 struct Job {
-    f: *const (dyn Fn(usize) + Sync),
+    f: *const (dyn Fn(usize, Option<usize>) + Sync),
     n_tasks: usize,
     next: AtomicUsize,
     /// Every thread runs `f(0)` once instead of claiming tasks (see [`ThreadPool::broadcast`]).
     broadcast: bool,
+    /// Claim-ahead (see [`ThreadPool::for_ranges_ahead`]): a thread claims its next task when
+    /// it starts one, unless only `ahead` tasks are left; 0: claim each when it is needed.
+    ahead: usize,
     /// Workers that have not yet finished this job.
     pending: AtomicUsize,
     panicked: AtomicBool,
@@ -34,25 +37,34 @@ struct Job {
 
 impl Job {
     fn work(&self) {
+        // SAFETY: `f` points to a closure borrowed by `ThreadPool::run_job`, which does not
+        // return until every worker has decremented `pending`, i.e. finished calling it.
+        let f = unsafe { &*self.f };
         if self.broadcast {
-            // SAFETY: as below.
-            let f = unsafe { &*self.f };
-            if catch_unwind(AssertUnwindSafe(|| f(0))).is_err() {
+            if catch_unwind(AssertUnwindSafe(|| f(0, None))).is_err() {
                 self.panicked.store(true, Ordering::Relaxed);
             }
             return;
         }
-        loop {
+        let claim = || {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
-            if i >= self.n_tasks {
-                break;
-            }
-            // SAFETY: `f` points to a closure borrowed by `ThreadPool::run`, which does not
-            // return until every worker has decremented `pending`, i.e. finished calling it.
-            let f = unsafe { &*self.f };
-            if catch_unwind(AssertUnwindSafe(|| f(i))).is_err() {
+            (i < self.n_tasks).then_some(i)
+        };
+        let mut task = claim();
+        while let Some(i) = task {
+            // Near the end (the next unclaimed task among the last `ahead`), a task held
+            // ahead could leave another thread idle: claim when needed instead. (A racy
+            // check: at worst a task a few places later is held.)
+            let near_end = self.next.load(Ordering::Relaxed) + self.ahead >= self.n_tasks;
+            let next = if self.ahead > 0 && !near_end {
+                claim()
+            } else {
+                None
+            };
+            if catch_unwind(AssertUnwindSafe(|| f(i, next))).is_err() {
                 self.panicked.store(true, Ordering::Relaxed);
             }
+            task = next.or_else(claim);
         }
     }
 }
@@ -121,7 +133,7 @@ impl ThreadPool {
     /// Runs `f(0..n_tasks)` across the pool and returns when all tasks are done.
     /// A panic in a task is re-raised here after every thread has stopped using `f`.
     pub(crate) fn run(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        self.run_job(n_tasks, false, f);
+        self.run_job(n_tasks, false, 0, &|i, _| f(i));
     }
 
     /// Runs `f` once on every thread of the pool, the caller included: to size a thread-local
@@ -132,10 +144,16 @@ impl ThreadPool {
             f();
             return;
         }
-        self.run_job(1, true, &|_| f());
+        self.run_job(1, true, 0, &|_, _| f());
     }
 
-    fn run_job(&self, n_tasks: usize, broadcast: bool, f: &(dyn Fn(usize) + Sync)) {
+    fn run_job(
+        &self,
+        n_tasks: usize,
+        broadcast: bool,
+        ahead: usize,
+        f: &(dyn Fn(usize, Option<usize>) + Sync),
+    ) {
         if n_tasks == 0 {
             return;
         }
@@ -143,23 +161,25 @@ impl ThreadPool {
         // region would wait for workers that are busy running its parent).
         if !broadcast && (n_tasks == 1 || self.workers.is_empty() || IN_WORKER.with(Cell::get)) {
             for i in 0..n_tasks {
-                f(i);
+                f(i, (i + 1 < n_tasks).then_some(i + 1));
             }
             return;
         }
         let _guard = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: erasing the closure's lifetime is sound because this function does not return
         // (nor unwind) before `pending` reaches zero, after which no worker touches `job`.
-        let f_static: *const (dyn Fn(usize) + Sync) = unsafe {
-            std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync)>(
-                f as *const _,
-            )
+        let f_static: *const (dyn Fn(usize, Option<usize>) + Sync) = unsafe {
+            std::mem::transmute::<
+                *const (dyn Fn(usize, Option<usize>) + Sync + '_),
+                *const (dyn Fn(usize, Option<usize>) + Sync),
+            >(f as *const _)
         };
         let job = Job {
             f: f_static,
             n_tasks,
             next: AtomicUsize::new(0),
             broadcast,
+            ahead,
             pending: AtomicUsize::new(self.workers.len()),
             panicked: AtomicBool::new(false),
         };
@@ -223,6 +243,33 @@ impl ThreadPool {
         self.run(count, &|i| {
             let start = if i == 0 { 0 } else { ends[i - 1] };
             f(start..ends[i]);
+        });
+    }
+
+    /// [`ThreadPool::for_ranges`] for kernels that stream: `f(range, next)` also gets the
+    /// range the same thread runs next, claimed when `range` starts, so that the kernel can
+    /// hint its first bytes while it finishes `range` (each range otherwise starts its stream
+    /// cold, at DRAM latency, with the hardware prefetchers untrained). Once only `threads`
+    /// ranges are left unclaimed, nothing is claimed ahead: a range held by a busy thread there
+    /// could leave another idle at the end.
+    pub(crate) fn for_ranges_ahead(
+        &self,
+        n: usize,
+        chunks: usize,
+        f: &(dyn Fn(std::ops::Range<usize>, Option<std::ops::Range<usize>>) + Sync),
+    ) {
+        if n == 0 {
+            return;
+        }
+        if self.workers.is_empty() || IN_WORKER.with(Cell::get) {
+            f(0..n, None);
+            return;
+        }
+        let ends = guided_ends(n, chunks, self.num_threads());
+        let count = ends.iter().position(|&e| e == n).map_or(0, |i| i + 1);
+        let range = |i: usize| (if i == 0 { 0 } else { ends[i - 1] })..ends[i];
+        self.run_job(count, false, self.num_threads(), &|i, next| {
+            f(range(i), next.map(range));
         });
     }
 }
@@ -343,6 +390,40 @@ mod tests {
                     }
                 });
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            }
+        }
+    }
+
+    /// Every index runs once, and a range's `next` is the range its thread runs right after it.
+    #[test]
+    fn ranges_ahead_cover_once_and_name_the_next() {
+        use std::sync::Mutex;
+        for threads in 1..=4 {
+            let pool = ThreadPool::new(threads).expect("spawn");
+            for (n, chunks) in [(0usize, 8usize), (1, 8), (7, 8), (54, 32), (1000, 64)] {
+                let hits: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
+                type Calls = Vec<(std::ops::Range<usize>, Option<std::ops::Range<usize>>)>;
+                let calls: Mutex<std::collections::HashMap<std::thread::ThreadId, Calls>> =
+                    Mutex::new(Default::default());
+                pool.for_ranges_ahead(n, chunks, &|r, next| {
+                    for i in r.clone() {
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                    let id = std::thread::current().id();
+                    calls.lock().unwrap().entry(id).or_default().push((r, next));
+                });
+                assert!(
+                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                    "{n} {threads}"
+                );
+                for seq in calls.lock().unwrap().values() {
+                    for (i, (r, next)) in seq.iter().enumerate() {
+                        if let Some(nx) = next {
+                            assert_eq!(seq.get(i + 1).map(|c| &c.0), Some(nx), "{n} {threads}");
+                        }
+                        assert!(r.start < r.end);
+                    }
+                }
             }
         }
     }

@@ -730,9 +730,15 @@ impl BitLinearCmd {
                     w.layout == TernaryLayout::Base3 && matches!(tables, Tables::PerThread { .. });
                 let unit = if base3_gemv { BASE3_GEMV_BLOCKS } else { 1 };
                 let nb = lut::blocks(n);
-                let kernel = |units: std::ops::Range<usize>| {
+                // `next`: the units this thread runs after these (`for_ranges_ahead`), whose
+                // first bytes the GEMV hints as it ends these.
+                let kernel = |units: std::ops::Range<usize>,
+                              next: Option<std::ops::Range<usize>>| {
                     let range = units.start * unit..(units.end * unit).min(nb);
                     let task = &w.packed[range.start * bb..range.end * bb];
+                    let next_task = next.map_or(&[][..], |u| {
+                        &w.packed[u.start * unit * bb..(u.end * unit).min(nb) * bb]
+                    });
                     if let Tables::PerThread { stamp } = tables {
                         // What the kernels read before their own hints take over: the first
                         // BASE3_AHEAD_SEGS segments of each of the first four `Base3` blocks,
@@ -770,7 +776,8 @@ impl BitLinearCmd {
                                         // A `Base3` GEMV: four blocks per call, each table line
                                         // serving the four; the kernel hints each block's stream a
                                         // few segments ahead, into the task's next blocks.
-                                        let next = &task[done + BASE3_GEMV_BLOCKS * bb..];
+                                        let rest = &task[done + BASE3_GEMV_BLOCKS * bb..];
+                                        let next = if rest.is_empty() { next_task } else { rest };
                                         for r in 0..rows {
                                             let mut accs = [[0i32; LUT_ROWS]; BASE3_GEMV_BLOCKS];
                                             lut_blocks(isa, tr(r), w, b, &mut accs, next);
@@ -787,8 +794,14 @@ impl BitLinearCmd {
                                     let pf = if base3_gemv {
                                         &task[done + bb..]
                                     } else {
-                                        let start = (done + LUT_PREFETCH_BYTES).min(task.len());
-                                        &task[start..(start + bb).min(task.len())]
+                                        // Past the task's end, the next task's bytes.
+                                        let start = done + LUT_PREFETCH_BYTES;
+                                        let (s, at) = if start < task.len() {
+                                            (task, start)
+                                        } else {
+                                            (next_task, (start - task.len()).min(next_task.len()))
+                                        };
+                                        &s[at..(at + bb).min(s.len())]
                                     };
                                     for r in 0..rows {
                                         let mut accs = [[0i32; LUT_ROWS]];
@@ -849,12 +862,16 @@ impl BitLinearCmd {
                 let units = nb.div_ceil(unit);
                 let work = rows * k * n;
                 if threads == 1 || work < PAR_MIN_WORK {
-                    kernel(0..units);
+                    kernel(0..units, None);
                 } else {
                     let tasks = (work / TASK_MIN_WORK)
                         .clamp(1, threads * RANGES_PER_THREAD)
                         .min(units);
-                    ctx.pool.for_ranges(units, tasks, &kernel);
+                    if matches!(tables, Tables::PerThread { .. }) {
+                        ctx.pool.for_ranges_ahead(units, tasks, &kernel);
+                    } else {
+                        ctx.pool.for_ranges(units, tasks, &|u| kernel(u, None));
+                    }
                 }
                 return;
             }
