@@ -221,6 +221,7 @@ pub(crate) fn gemv_block_rows(
     groups: usize,
     rows: std::ops::Range<usize>,
     ahead: usize,
+    next_rows: Option<std::ops::Range<usize>>,
     out: &mut [f32],
     fallback: &dyn Fn(usize) -> f32,
 ) {
@@ -228,6 +229,9 @@ pub(crate) fn gemv_block_rows(
         out.len() == rows.len()
             && exps.len() >= rows.end * groups
             && mants.len() >= rows.end * groups * GROUP
+            && next_rows.as_ref().is_none_or(|nr| {
+                exps.len() >= nr.end * groups && mants.len() >= nr.end * groups * GROUP
+            })
             && x.q.len() >= groups * GROUP,
         "block-float GEMV out of bounds"
     );
@@ -236,12 +240,16 @@ pub(crate) fn gemv_block_rows(
         // SAFETY: Avx512Vnni is only selected after detecting AVX-512 F/BW (and AVX2, FMA);
         // bounds asserted.
         HostIsa::Avx512Vnni => unsafe {
-            x86::gemv_block_rows_avx512(x, format, exps, mants, groups, rows, ahead, out, fallback)
+            x86::gemv_block_rows_avx512(
+                x, format, exps, mants, groups, rows, ahead, next_rows, out, fallback,
+            )
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 is only selected after detecting AVX2 and FMA; bounds asserted.
         HostIsa::Avx2 => unsafe {
-            x86::gemv_block_rows_avx2(x, format, exps, mants, groups, rows, ahead, out, fallback)
+            x86::gemv_block_rows_avx2(
+                x, format, exps, mants, groups, rows, ahead, next_rows, out, fallback,
+            )
         },
         _ => gemv_block_rows_with(
             format,
@@ -250,6 +258,7 @@ pub(crate) fn gemv_block_rows(
             groups,
             rows,
             ahead,
+            next_rows,
             out,
             fallback,
             |e, m, pf| {
@@ -273,6 +282,7 @@ fn gemv_block_rows_with(
     groups: usize,
     rows: std::ops::Range<usize>,
     ahead: usize,
+    next_rows: Option<std::ops::Range<usize>>,
     out: &mut [f32],
     fallback: &dyn Fn(usize) -> f32,
     dot: impl Fn(&[u8], &[i8], Option<(&[u8], &[i8])>) -> f32,
@@ -285,7 +295,17 @@ fn gemv_block_rows_with(
     };
     for (o, r) in out.iter_mut().zip(rows.clone()) {
         let (e, m) = row(r);
-        let next = (r + ahead < rows.end).then(|| row(r + ahead));
+        // `ahead` rows on; past the range's end, in the range this thread runs next.
+        let t = r + ahead;
+        let hinted = if t < rows.end {
+            Some(t)
+        } else {
+            next_rows.as_ref().and_then(|nr| {
+                let u = nr.start + (t - rows.end);
+                (u < nr.end).then_some(u)
+            })
+        };
+        let next = hinted.map(row);
         *o = if normal_groups(format, e) {
             dot(e, m, next)
         } else {
@@ -596,6 +616,7 @@ mod x86 {
                 groups: usize,
                 rows: std::ops::Range<usize>,
                 ahead: usize,
+                next_rows: Option<std::ops::Range<usize>>,
                 out: &mut [f32],
                 fallback: &dyn Fn(usize) -> f32,
             ) {
@@ -606,6 +627,7 @@ mod x86 {
                     groups,
                     rows,
                     ahead,
+                    next_rows,
                     out,
                     fallback,
                     // SAFETY: the features `$dot` needs are this function's contract; `x` covers
@@ -971,7 +993,13 @@ mod tests {
             // The fallback's value marks the row it was called for.
             let fallback = |r: usize| -(r as f32) - 1000.0;
             for isa in HostIsa::supported_list() {
-                for (range, ahead) in [(0..rows, 3), (2..9, 1), (7..rows, 100), (4..5, 0)] {
+                for (range, ahead, next) in [
+                    (0..rows, 3, None),
+                    (2..9, 1, Some(0..2)),
+                    (7..rows, 100, Some(0..7)),
+                    (4..5, 0, None),
+                    (0..4, 2, Some(4..rows)),
+                ] {
                     let mut out = vec![0f32; range.len()];
                     gemv_block_rows(
                         isa,
@@ -982,6 +1010,7 @@ mod tests {
                         groups,
                         range.clone(),
                         ahead,
+                        next,
                         &mut out,
                         &fallback,
                     );

@@ -284,7 +284,9 @@ fn rows_kernel(
     {
         let groups = BlockFloatData::groups_per_row(k);
         let ahead = prefetch_rows_ahead(b.row_bytes(k));
-        let gemv = |range: std::ops::Range<usize>| {
+        // `next`: the rows this thread runs after `range` (`for_ranges_ahead`), hinted as it
+        // ends `range`.
+        let gemv = |range: std::ops::Range<usize>, next: Option<std::ops::Range<usize>>| {
             debug_assert!(range.end <= out_len);
             // SAFETY: `range.end <= N == out_len` (batch 1, one row); the ranges of different
             // tasks are disjoint; `o` outlives the parallel region.
@@ -300,6 +302,7 @@ fn rows_kernel(
                 groups,
                 range.clone(),
                 ahead,
+                next,
                 dst,
                 &fallback,
             );
@@ -309,9 +312,9 @@ fn rows_kernel(
         };
         let tasks = task_count(ctx, n, k);
         if tasks == 1 {
-            gemv(0..n);
+            gemv(0..n, None);
         } else {
-            ctx.pool.for_ranges(n, tasks, &gemv);
+            ctx.pool.for_ranges_ahead(n, tasks, &gemv);
         }
         return;
     }
