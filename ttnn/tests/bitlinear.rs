@@ -371,6 +371,9 @@ fn gemm_tiles_match_reference() {
         (7, 4200, 37, 1, TernaryLayout::Base3),
         (9, 6912, 300, 2, TernaryLayout::Base3),
         (4, 4097, 16, 3, TernaryLayout::Base3),
+        // Past one kernel call's 128 activation rows (each call decodes its block once).
+        (130, 300, 40, 6, TernaryLayout::Lut3),
+        (130, 300, 40, 6, TernaryLayout::Base3),
         // GEMVs: quads of blocks and a partial quad, two threads.
         (1, 2560, 700, 4, TernaryLayout::Base3),
         (2, 6912, 260, 5, TernaryLayout::Base3),
