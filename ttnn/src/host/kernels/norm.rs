@@ -12,22 +12,6 @@ use crate::host::{HostBuffer, HostCommand, HostCtx};
 /// Partial sums of squares in [`rms_norm_row`]: four AVX-512 registers of f64.
 const NORM_LANES: usize = 32;
 
-/// Normalizes one row: `out = gamma * (x * rsqrt(mean(x^2) + eps)) + beta`, with
-/// `x = input + residual`. The arithmetic is a fixed sequence per row (squares rounded to f32 as
-/// torch's `pow(2)` does, summed in f64 in [`NORM_LANES`] lanes), so rows are batch- and
-/// thread-invariant.
-#[inline]
-pub(crate) fn rms_norm_row(
-    x: &[f32],
-    residual: Option<&[f32]>,
-    gamma: Option<&[f32]>,
-    beta: Option<&[f32]>,
-    eps: f32,
-    out: &mut [f32],
-) {
-    rms_norm_row_impl(x, residual, gamma, beta, eps, out)
-}
-
 /// [`rms_norm_row`] compiled for the ISA's vectors: the f64 lanes are four AVX-512 registers
 /// (eight AVX2 ones), and each lane adds the same values in the same order, so the bits are
 /// the same. Without them (SSE2 only) it was a quarter of a decode bitlinear's
@@ -53,38 +37,45 @@ pub(crate) fn rms_norm_row_isa(
     }
 }
 
-/// # Safety
-/// The CPU must support AVX-512 F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn rms_norm_row_avx512(
-    x: &[f32],
-    residual: Option<&[f32]>,
-    gamma: Option<&[f32]>,
-    beta: Option<&[f32]>,
-    eps: f32,
-    out: &mut [f32],
-) {
-    rms_norm_row_impl(x, residual, gamma, beta, eps, out)
+/// [`rms_norm_row`] compiled with `$features`.
+macro_rules! rms_norm_row_for {
+    ($(#[$doc:meta])* $name:ident, $features:literal) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            x: &[f32],
+            residual: Option<&[f32]>,
+            gamma: Option<&[f32]>,
+            beta: Option<&[f32]>,
+            eps: f32,
+            out: &mut [f32],
+        ) {
+            rms_norm_row(x, residual, gamma, beta, eps, out)
+        }
+    };
 }
 
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn rms_norm_row_avx2(
-    x: &[f32],
-    residual: Option<&[f32]>,
-    gamma: Option<&[f32]>,
-    beta: Option<&[f32]>,
-    eps: f32,
-    out: &mut [f32],
-) {
-    rms_norm_row_impl(x, residual, gamma, beta, eps, out)
-}
+rms_norm_row_for!(
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    rms_norm_row_avx512,
+    "avx512f"
+);
+rms_norm_row_for!(
+    /// # Safety
+    /// The CPU must support AVX2.
+    rms_norm_row_avx2,
+    "avx2"
+);
 
+/// Normalizes one row: `out = gamma * (x * rsqrt(mean(x^2) + eps)) + beta`, with
+/// `x = input + residual`. The arithmetic is a fixed sequence per row (squares rounded to f32 as
+/// torch's `pow(2)` does, summed in f64 in [`NORM_LANES`] lanes), so rows are batch- and
+/// thread-invariant.
+/// Inlined into each ISA's build ([`rms_norm_row_isa`]).
 #[inline(always)]
-fn rms_norm_row_impl(
+pub(crate) fn rms_norm_row(
     x: &[f32],
     residual: Option<&[f32]>,
     gamma: Option<&[f32]>,
