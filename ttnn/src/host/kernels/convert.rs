@@ -26,16 +26,10 @@ pub(crate) fn round_bf16_isa(isa: HostIsa, v: &mut [f32]) {
 }
 
 /// Whether this CPU runs the AVX2 conversions (checked once by std, then an atomic load).
+#[cfg(target_arch = "x86_64")]
 #[inline]
 fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    std::arch::is_x86_feature_detected!("avx2")
 }
 
 /// `dst` becomes `src` widened to f32 (no allocation within `dst`'s capacity).
