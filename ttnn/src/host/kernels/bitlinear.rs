@@ -16,8 +16,8 @@ use super::ternary_lut::{
     BASE3_AHEAD_SEGS, build_table_isa, gemm_block, has_gemm_kernel, lut_block, lut_blocks,
     table_group_bytes,
 };
+use super::{OutRows, read_f32, write_rows};
 use super::{PREFETCH_BYTES, prefetch_l2};
-use super::{read_f32, write_f32};
 use crate::device::{HostIsa, TernaryLayout};
 use crate::error::{Error, Result};
 use crate::host::data::HostData;
@@ -689,27 +689,43 @@ impl BitLinearCmd {
         // one (criterion dram_8x_ffn_gate 13.2-16.0 GB/s against 10.5-13.3 with 8 KiB), 8 KiB
         // with two (26.8-27.3 against 22.2-24.0).
         let ahead = PREFETCH_BYTES * threads.clamp(1, 2);
-        write_f32(&mut out, rows * n, &mut self.so, |o| {
-            let op = SendPtr(o.as_mut_ptr());
+        write_rows(&mut out, rows * n, &mut self.so, |o| {
             // Outputs `j0..j0 + accs.len()` of row `r` in one loop, which the compiler turns
             // into vector divisions: one scalar division per output took a seventh of prefill.
             // `accs` are sums of codes times activations (`Bits2`, which subtract the row's sum
             // of activations) or of values times activations (`Lut3`).
             let put = |r: usize, j0: usize, accs: &[i32], codes: bool| {
                 assert!(r < rows && j0 + accs.len() <= n, "output run out of bounds");
-                // SAFETY: in bounds of `o` (asserted: (r, j0 + len) <= (rows, n)); columns j0..
-                // belong to the calling task only, so no other task touches these elements while
-                // the slice lives; `o` outlives the parallel region.
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(op.get().add(r * n + j0), accs.len()) };
-                let d = RowDequant {
+                let d = |j: usize| RowDequant {
                     qsum: if codes { qsums[r] } else { 0 },
                     s: scales[r],
-                    per_channel: per_channel.map(|v| &v[j0..]),
+                    per_channel: per_channel.map(|v| &v[j..]),
                     ws,
                     mode,
                 };
-                dequant_run(isa, dst, accs, d);
+                match o {
+                    OutRows::F32(op) => {
+                        // SAFETY: in bounds of the output (asserted: (r, j0 + len) <= (rows,
+                        // n)); columns j0.. belong to the calling task only, so no other task
+                        // touches these elements while the slice lives; the output outlives
+                        // the parallel region.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(op.get().add(r * n + j0), accs.len())
+                        };
+                        dequant_run(isa, dst, accs, d(j0));
+                    }
+                    OutRows::Bf16(_) => {
+                        // Dequantized on the stack, then stored in bf16 by this task.
+                        let mut buf = [0f32; GEMV_RUN];
+                        for (i, a) in accs.chunks(GEMV_RUN).enumerate() {
+                            let j = j0 + i * GEMV_RUN;
+                            let v = &mut buf[..a.len()];
+                            dequant_run(isa, v, a, d(j));
+                            // SAFETY: as above: in bounds, and this task's columns only.
+                            unsafe { o.store(r * n + j, v) };
+                        }
+                    }
+                }
             };
             let put_row = |r: usize, j0: usize, accs: &[i32]| put(r, j0, accs, true);
             if w.layout != TernaryLayout::Bits2 {
