@@ -270,7 +270,7 @@ pub(crate) fn attend_rows(isa: HostIsa, rows: &mut [QueryRow<'_>], kv: &KvStream
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the device selects Avx2 only after detecting AVX2.
         HostIsa::Avx2 => unsafe { attend_rows_avx2(rows, kv, scale) },
-        _ => attend_rows_impl(rows, kv, scale, dots, axpy, axpy4, axpy_rows),
+        _ => attend_rows_impl(rows, kv, scale, dots, dots4, axpy, axpy4, axpy_rows),
     }
 }
 
@@ -279,6 +279,16 @@ pub(crate) fn attend_rows(isa: HostIsa, rows: &mut [QueryRow<'_>], kv: &KvStream
 fn dots(qs: &[&[f32]], k: &[f32], out: &mut [f32]) {
     for (o, q) in out.iter_mut().zip(qs) {
         *o = dot(q, k);
+    }
+}
+
+/// `out[r][j] = dot(qs[r], ks[j])`.
+#[inline]
+fn dots4(qs: &[&[f32]], ks: [&[f32]; 4], out: &mut [[f32; 4]]) {
+    for (o, q) in out.iter_mut().zip(qs) {
+        for (o, k) in o.iter_mut().zip(ks) {
+            *o = dot(q, k);
+        }
     }
 }
 
@@ -315,6 +325,14 @@ unsafe fn attend_rows_avx2(rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale: 
         scale,
         // SAFETY: AVX2 (this function's contract).
         |qs, k, out| unsafe { x86::dots_avx2(qs, k, out) },
+        |qs, ks, out| {
+            for (o, q) in out.iter_mut().zip(qs) {
+                for (o, k) in o.iter_mut().zip(ks) {
+                    // SAFETY: as above.
+                    *o = unsafe { x86::dot_avx2(q, k) };
+                }
+            }
+        },
         // SAFETY: as above.
         |acc, p, v| unsafe { x86::axpy_avx2(acc, p, v) },
         // SAFETY: as above.
@@ -353,6 +371,8 @@ unsafe fn attend_rows_avx512(rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale
         scale,
         // SAFETY: AVX-512 F and AVX2 (this function's contract).
         |qs, k, out| unsafe { x86::dots_avx512(qs, k, out) },
+        // SAFETY: as above.
+        |qs, ks, out| unsafe { x86::dots4_avx512(qs, ks, out) },
         // SAFETY: as above.
         |acc, p, v| unsafe { x86::axpy_avx2(acc, p, v) },
         // SAFETY: as above.
@@ -513,6 +533,91 @@ mod x86 {
         R
     }
 
+    /// [`super::dots4`]: each row against four K rows, the 4 x 4 dots of a group of rows side
+    /// by side in 16 accumulators (each dot with [`super::dot`]'s lanes and tree: the same
+    /// bits). Rows or K rows of another length than the first K row's, or a length that is
+    /// not a multiple of 16, go through [`dots_avx512`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and AVX2.
+    #[target_feature(enable = "avx512f,avx2")]
+    pub(super) unsafe fn dots4_avx512(qs: &[&[f32]], ks: [&[f32]; 4], out: &mut [[f32; 4]]) {
+        let n = qs.len().min(out.len());
+        let len = ks[0].len();
+        let uniform = len.is_multiple_of(DOT_LANES)
+            && ks.iter().all(|k| k.len() == len)
+            && qs[..n].iter().all(|q| q.len() == len);
+        if !uniform {
+            for (p, k) in ks.iter().enumerate() {
+                let mut col = [0f32; super::MAX_GROUP_ROWS];
+                let m = n.min(col.len());
+                // SAFETY: AVX-512 F and AVX2 (contract).
+                unsafe { dots_avx512(&qs[..m], k, &mut col[..m]) };
+                for (o, &c) in out[..m].iter_mut().zip(&col[..m]) {
+                    o[p] = c;
+                }
+            }
+            return;
+        }
+        let mut r = 0;
+        while r < n {
+            let (q, o) = (&qs[r..n], &mut out[r..n]);
+            // SAFETY: AVX-512 F and AVX2 (contract); every slice holds `len` values.
+            r += unsafe {
+                match q.len() {
+                    1 => dots4_group_avx512::<1>(q, ks, o),
+                    2 => dots4_group_avx512::<2>(q, ks, o),
+                    3 => dots4_group_avx512::<3>(q, ks, o),
+                    _ => dots4_group_avx512::<4>(q, ks, o),
+                }
+            };
+        }
+    }
+
+    /// The first `R` rows of [`dots4_avx512`]; returns `R`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and AVX2; `qs` and `out` hold at least `R` entries, and
+    /// every row of `qs` and `ks` holds `ks[0].len()` values, a multiple of 16.
+    #[target_feature(enable = "avx512f,avx2")]
+    #[inline]
+    unsafe fn dots4_group_avx512<const R: usize>(
+        qs: &[&[f32]],
+        ks: [&[f32]; 4],
+        out: &mut [[f32; 4]],
+    ) -> usize {
+        let len = ks[0].len();
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        let mut i = 0;
+        while i < len {
+            // SAFETY: i + 16 <= len, within every row (contract).
+            unsafe {
+                let kv = [
+                    _mm512_loadu_ps(ks[0].as_ptr().add(i)),
+                    _mm512_loadu_ps(ks[1].as_ptr().add(i)),
+                    _mm512_loadu_ps(ks[2].as_ptr().add(i)),
+                    _mm512_loadu_ps(ks[3].as_ptr().add(i)),
+                ];
+                for j in 0..R {
+                    let qv = _mm512_loadu_ps(qs[j].as_ptr().add(i));
+                    for p in 0..4 {
+                        acc[j][p] = _mm512_add_ps(acc[j][p], _mm512_mul_ps(qv, kv[p]));
+                    }
+                }
+            }
+            i += DOT_LANES;
+        }
+        for j in 0..R {
+            for p in 0..4 {
+                let lanes = acc[j][p];
+                let lo = _mm512_castps512_ps256(lanes);
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(lanes)));
+                out[j][p] = finish_dot(_mm256_add_ps(lo, hi), tail(qs[j], ks[p], len));
+            }
+        }
+        R
+    }
+
     /// [`super::axpy_rows`] with 16-lane registers: for each chunk of 16 elements, four rows'
     /// accumulators stay in registers while every position's V chunk is loaded once and added
     /// to all four, in position order (elementwise, the same operations: the same bits).
@@ -653,11 +758,13 @@ mod x86 {
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // the pass's inputs, then one closure per ISA kernel
 fn attend_rows_impl(
     rows: &mut [QueryRow<'_>],
     kv: &KvStream<'_>,
     scale: f32,
     dots: impl Fn(&[&[f32]], &[f32], &mut [f32]),
+    dots4: impl Fn(&[&[f32]], [&[f32]; 4], &mut [[f32; 4]]),
     axpy: impl Fn(&mut [f32], f32, &[f32]),
     axpy4: impl Fn(&mut [f32], [f32; 4], [&[f32]; 4]),
     axpy_rows: impl Fn(&mut [[f32; MAX_HEAD_DIM]], &[[f32; KV_BLOCK]], usize, &[&[f32]], usize),
@@ -669,6 +776,7 @@ fn attend_rows_impl(
     let mut l = [0f32; MAX_GROUP_ROWS];
     let mut s = [[0f32; KV_BLOCK]; MAX_GROUP_ROWS];
     let mut kbuf = [0f32; MAX_HEAD_DIM];
+    let mut kbuf4 = [[0f32; MAX_HEAD_DIM]; 4];
     // A block's V rows, decoded (for f32 storage they are borrowed instead).
     let mut vbuf = [[0f32; MAX_HEAD_DIM]; KV_BLOCK];
 
@@ -684,10 +792,48 @@ fn attend_rows_impl(
         while b0 < hi {
             let b1 = (b0 + KV_BLOCK).min(hi);
             let blo = b0.max(lo);
+            let mut pos = blo;
+            // Scores, four positions at a time where every row takes the whole block (decode,
+            // and prefill away from the diagonal): each row's four dots run side by side, so
+            // their chains of adds overlap instead of each waiting on its own (the same
+            // arithmetic per dot: the same bits).
+            if rows[..n].iter().all(|r| r.start <= blo && b1 <= r.end) {
+                let mut qs: [&[f32]; MAX_GROUP_ROWS] = [&[]; MAX_GROUP_ROWS];
+                for (q, row) in qs.iter_mut().zip(&rows[..n]) {
+                    *q = row.q;
+                }
+                while pos + 4 <= b1 {
+                    for j in 0..4 {
+                        if pos + j + KV_PREFETCH_AHEAD < hi {
+                            kv.k.prefetch_row(kv.map.row(pos + j + KV_PREFETCH_AHEAD), hd);
+                        }
+                        kv.v.prefetch_row(kv.map.row(pos + j), hd);
+                    }
+                    let [b0_, b1_, b2_, b3_] = &mut kbuf4;
+                    let k4 = [
+                        kv.k.row(kv.map.row(pos), hd, b0_),
+                        kv.k.row(kv.map.row(pos + 1), hd, b1_),
+                        kv.k.row(kv.map.row(pos + 2), hd, b2_),
+                        kv.k.row(kv.map.row(pos + 3), hd, b3_),
+                    ];
+                    let mut xs = [[0f32; 4]; MAX_GROUP_ROWS];
+                    dots4(&qs[..n], k4, &mut xs[..n]);
+                    for (r, x4) in xs[..n].iter().enumerate() {
+                        for (j, &d) in x4.iter().enumerate() {
+                            let mut x = d * scale;
+                            if let Some(b) = rows[r].bias {
+                                x += b[pos + j];
+                            }
+                            s[r][pos + j - b0] = x;
+                        }
+                    }
+                    pos += 4;
+                }
+            }
             // Scores: the rows that take the position, all against one load of its K row.
             // Meanwhile the K row a few positions on and this position's V row (for the value
             // pass below) are hinted into cache.
-            for pos in blo..b1 {
+            for pos in pos..b1 {
                 let mut qs: [&[f32]; MAX_GROUP_ROWS] = [&[]; MAX_GROUP_ROWS];
                 let mut which = [0usize; MAX_GROUP_ROWS];
                 let mut na = 0;
