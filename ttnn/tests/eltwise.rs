@@ -216,3 +216,70 @@ fn typecast_bf16_rounds_near_ties_to_nearest() {
     let want: Vec<f64> = x.iter().map(|&v| bf16_nearest_even(v as f64)).collect();
     assert_close(&got, &want, 0.0, 0.0, "typecast");
 }
+
+/// Same-shape binary ops on f32 and bf16 storage (the host's fused run path) give exactly the
+/// f32 arithmetic of the stored inputs, rounded once to the output type, at lengths around
+/// the kernel's 512-value runs and past the size that splits work across threads.
+#[test]
+fn same_shape_binary_is_f32_arithmetic_rounded_once() {
+    use half::bf16;
+    let dev = device();
+    let mut rng = Rng::new(7);
+    let stored = |v: &[f32], dt: DataType| -> Vec<f32> {
+        match dt {
+            DataType::Bfloat16 => v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect(),
+            _ => v.to_vec(),
+        }
+    };
+    let (f32_, bf16_) = (DataType::Float32, DataType::Bfloat16);
+    for n in [1usize, 511, 512, 513, 1537, 40_000] {
+        for (adt, bdt, odt) in [
+            (bf16_, bf16_, bf16_),
+            (bf16_, f32_, f32_),
+            (f32_, bf16_, bf16_),
+        ] {
+            let (a, b) = (rng.vec(n, 3.0), rng.vec(n, 3.0));
+            let ta = upload(&dev, &a, &[n], adt, Layout::Tile, &DRAM_MEMORY_CONFIG);
+            let tb = upload(&dev, &b, &[n], bdt, Layout::Tile, &DRAM_MEMORY_CONFIG);
+            let (a, b) = (stored(&a, adt), stored(&b, bdt));
+            for (op, act) in [(0, false), (2, true), (1, true)] {
+                let acts = if act {
+                    vec![UnaryOp::Relu, UnaryOp::Square]
+                } else {
+                    vec![]
+                };
+                let args = BinaryArgs {
+                    dtype: Some(odt),
+                    input_tensor_a_activations: acts,
+                    ..Default::default()
+                };
+                let out = match op {
+                    0 => ttnn::add(&ta, &tb, &args),
+                    1 => ttnn::subtract(&ta, &tb, &args),
+                    _ => ttnn::multiply(&ta, &tb, &args),
+                }
+                .expect("op");
+                let got = out.to_vec::<f32>().expect("read");
+                for i in 0..n {
+                    let mut x = a[i];
+                    if act {
+                        x = x.max(0.0);
+                        x *= x;
+                    }
+                    let r = match op {
+                        0 => x + b[i],
+                        1 => x - b[i],
+                        _ => x * b[i],
+                    };
+                    let want = stored(&[r], odt)[0];
+                    assert_eq!(
+                        got[i].to_bits(),
+                        want.to_bits(),
+                        "n {n}, {adt:?} op{op} {bdt:?} -> {odt:?}, element {i}: {} vs {want}",
+                        got[i]
+                    );
+                }
+            }
+        }
+    }
+}

@@ -39,13 +39,19 @@ pub(crate) fn bf16_to_f32(src: &[bf16], dst: &mut Vec<f32>) {
         dst.clear();
         dst.resize(src.len(), 0.0);
     }
+    bf16_to_f32_slice(src, dst);
+}
+
+/// `dst[i] = src[i].to_f32()` over the shorter of the two.
+pub(crate) fn bf16_to_f32_slice(src: &[bf16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: AVX2 was detected; `dst` holds `src.len()` values.
-        unsafe { x86::widen_avx2(src, dst) };
+        // SAFETY: AVX2 was detected; both slices hold `n` values.
+        unsafe { x86::widen_avx2(&src[..n], &mut dst[..n]) };
         return;
     }
-    for (d, s) in dst.iter_mut().zip(src) {
+    for (d, s) in dst[..n].iter_mut().zip(&src[..n]) {
         *d = s.to_f32();
     }
 }

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{PAR_THRESHOLD, read_f32, write_f32};
+use super::{OutRows, PAR_THRESHOLD, convert, read_f32, write_f32, write_rows};
 use crate::error::Result;
+use crate::host::data::HostData;
 use crate::host::{HostBuffer, HostCommand, HostCtx};
 use crate::ops::eltwise::{BinaryOpType, UnaryOp};
 use crate::types::{MAX_RANK, Shape};
@@ -147,6 +148,29 @@ impl HostCommand for BinaryCmd {
 
     fn run(&mut self, ctx: &HostCtx<'_>) -> Result<()> {
         let (a_guard, b_guard) = (self.a.read(), self.b.read());
+        // Same shapes with bf16 on either side: one fused pass (for f32 throughout, the
+        // general path below borrows the inputs and writes in place, which is faster).
+        if self.a_bcast.identity && self.b_bcast.identity {
+            let (a, b) = (FloatRun::new(&a_guard), FloatRun::new(&b_guard));
+            let mut out = self.out.write();
+            let all_f32 = matches!(
+                (a, b, &*out),
+                (
+                    Some(FloatRun::F32(_)),
+                    Some(FloatRun::F32(_)),
+                    HostData::F32(_)
+                )
+            );
+            if let (Some(a), Some(b), false) = (a, b, all_f32) {
+                let (op, acts) = (self.op, &self.a_activations[..]);
+                write_rows(&mut out, self.len, &mut self.so, |o| {
+                    par_ranges(ctx, self.len, &|range| {
+                        binary_runs(op, acts, a, b, range, o);
+                    });
+                });
+                return Ok(());
+            }
+        }
         let a = read_f32(&a_guard, &mut self.sa);
         let b = read_f32(&b_guard, &mut self.sb);
         let mut out = self.out.write();
@@ -170,6 +194,73 @@ impl HostCommand for BinaryCmd {
         });
         Ok(())
     }
+}
+
+/// Values per step of [`binary_runs`] (two 2 KiB buffers on the stack).
+const RUN: usize = 512;
+
+/// f32 or bf16 storage, read a run at a time as f32.
+#[derive(Clone, Copy)]
+enum FloatRun<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
+}
+
+impl<'a> FloatRun<'a> {
+    fn new(d: &'a HostData) -> Option<Self> {
+        match d {
+            HostData::F32(v) => Some(Self::F32(v)),
+            HostData::Bf16(v) => Some(Self::Bf16(v)),
+            _ => None,
+        }
+    }
+
+    /// Values `at..at + buf.len()` into `buf`.
+    fn load(self, at: usize, buf: &mut [f32]) {
+        match self {
+            Self::F32(v) => buf.copy_from_slice(&v[at..at + buf.len()]),
+            Self::Bf16(v) => convert::bf16_to_f32_slice(&v[at..at + buf.len()], buf),
+        }
+    }
+}
+
+/// `out[i] = acts(a[i]) op b[i]` over `range`, [`RUN`] values at a time through the stack:
+/// each value read, computed and stored once (the general path widened both inputs into
+/// scratch, filled an f32 output scratch and narrowed it afterwards, all cold between decode
+/// ops). The same f32 operations per value as [`BinaryCmd`]'s general path: the same bits.
+fn binary_runs(
+    op: BinaryOpType,
+    acts: &[UnaryOp],
+    a: FloatRun<'_>,
+    b: FloatRun<'_>,
+    range: std::ops::Range<usize>,
+    o: OutRows,
+) {
+    let (mut xa, mut xb) = ([0f32; RUN], [0f32; RUN]);
+    let mut at = range.start;
+    while at < range.end {
+        let len = (range.end - at).min(RUN);
+        let (x, y) = (&mut xa[..len], &mut xb[..len]);
+        a.load(at, x);
+        b.load(at, y);
+        apply_chain_in_place(acts, x);
+        binary_in_place(op, x, y);
+        // SAFETY: `range` is this task's part of the output (`par_ranges`), inside its length.
+        unsafe { o.store(at, x) };
+        at += len;
+    }
+}
+
+/// Runs `f` over `0..n`, split across the pool as [`par_chunks`] splits an output.
+fn par_ranges(ctx: &HostCtx<'_>, n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+    let threads = ctx.pool.num_threads();
+    if n < PAR_THRESHOLD || threads == 1 {
+        f(0..n);
+        return;
+    }
+    let per = n.div_ceil(threads * 4);
+    ctx.pool
+        .run(n.div_ceil(per), &|t| f(t * per..((t + 1) * per).min(n)));
 }
 
 #[inline]
