@@ -251,7 +251,8 @@ fn binary_runs(
     }
 }
 
-/// Runs `f` over `0..n`, split across the pool as [`par_chunks`] splits an output.
+/// Runs `f` over `0..n`: whole on the calling thread when small, else in disjoint ranges,
+/// four per thread, across the pool.
 fn par_ranges(ctx: &HostCtx<'_>, n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
     let threads = ctx.pool.num_threads();
     if n < PAR_THRESHOLD || threads == 1 {
@@ -371,20 +372,13 @@ pub(crate) fn par_chunks(
     kernel: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync),
 ) {
     let n = out.len();
-    let threads = ctx.pool.num_threads();
-    if n < PAR_THRESHOLD || threads == 1 {
-        kernel(0..n, out);
-        return;
-    }
-    let per = n.div_ceil(threads * 4);
     let base = SendPtr(out.as_mut_ptr());
-    ctx.pool.run(n.div_ceil(per), &|t| {
-        let start = t * per;
-        let end = (start + per).min(n);
-        // SAFETY: tasks cover disjoint ranges [start, end) of `out`, which outlives the pool
-        // run; so each task has exclusive access to its sub-slice.
-        let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
-        kernel(start..end, chunk);
+    par_ranges(ctx, n, &|range| {
+        // SAFETY: `par_ranges` hands out disjoint ranges within `0..n`, the length of `out`,
+        // which outlives the pool run; so each task has exclusive access to its sub-slice.
+        let chunk =
+            unsafe { std::slice::from_raw_parts_mut(base.get().add(range.start), range.len()) };
+        kernel(range, chunk);
     });
 }
 
