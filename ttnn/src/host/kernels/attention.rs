@@ -223,6 +223,88 @@ fn axpy4(acc: &mut [f32], p: [f32; 4], v: [&[f32]; 4]) {
     }
 }
 
+/// Below this `softmax_exp` returns 0 (`exp(-86)` is 4e-38: nothing next to a softmax's
+/// largest term, 1), which keeps the result's exponent normal.
+const EXP_LO: f32 = -86.0;
+/// Inputs above this are taken as this (a softmax only takes `x <= 0`).
+const EXP_HI: f32 = 88.0;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// `1.5 * 2^23`: adding it rounds a float below `2^22` in magnitude to the nearest integer
+/// (ties to even), held in the low mantissa bits.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+/// `ln 2` in two parts (Cody and Waite): `n * LN2_HI` is exact for the `n` that occur.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// `exp(r) ~ 1 + r + r^2 P(r)` on `|r| <= ln(2) / 2` (Cephes' `expf` coefficients, highest
+/// first).
+const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    // Cephes' 5.0000001201e-1, which rounds to 0.5 in f32.
+    0.5,
+];
+
+/// `exp(x)` for the online softmax, within about 2 ulp for `EXP_LO <= x <= EXP_HI`; 0 below
+/// (and for `-inf`), NaN for NaN. Spelled as plain f32 multiplies and adds (never fused),
+/// which the SIMD versions repeat lane by lane ([`x86::exp16_avx512`]): every path gets the
+/// same bits. libm's `expf`, one call per score, was about a sixth of the decode kernel.
+#[inline]
+pub(crate) fn softmax_exp(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    if x < EXP_LO {
+        return 0.0;
+    }
+    let x = x.min(EXP_HI);
+    let k = x * LOG2E + ROUND_MAGIC;
+    let n = k - ROUND_MAGIC;
+    let ni = (k.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let mut p = EXP_P[0];
+    for &c in &EXP_P[1..] {
+        p = p * r + c;
+    }
+    let y = p * (r * r) + r + 1.0;
+    // y is in [0.7, 1.42] and -124 <= n <= 127: the sum is a normal float's bits.
+    f32::from_bits((y.to_bits() as i32).wrapping_add(ni << 23) as u32)
+}
+
+/// The largest of `s[lo..hi]` (NaNs skipped; `-inf` when empty), zero always `+0` (`f32::max`
+/// of two zeros may give either, SIMD maxima the other).
+#[inline]
+fn block_max(s: &[f32; KV_BLOCK], lo: usize, hi: usize) -> f32 {
+    s[lo..hi].iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x)) + 0.0
+}
+
+/// One row's probabilities for a block: `s[i] = softmax_exp(s[i] - m)` for `i` in `lo..hi`,
+/// every other slot 0 (all of them when `m` is `-inf`); returns their sum over all
+/// [`KV_BLOCK`] slots by a fixed halving tree (slot `i` plus slot `i + 16`, then `+ 8`, ...),
+/// which the SIMD versions spell out.
+#[inline]
+fn block_probs(s: &mut [f32; KV_BLOCK], lo: usize, hi: usize, m: f32) -> f32 {
+    let live = m != f32::NEG_INFINITY;
+    for (i, x) in s.iter_mut().enumerate() {
+        *x = if live && lo <= i && i < hi {
+            softmax_exp(*x - m)
+        } else {
+            0.0
+        };
+    }
+    let mut a = *s;
+    let mut w = KV_BLOCK / 2;
+    while w > 0 {
+        for i in 0..w {
+            a[i] += a[i + w];
+        }
+        w /= 2;
+    }
+    a[0]
+}
+
 /// Decodes block-float row `r` into `out`, one group scale per group; bit-identical to
 /// `BlockFloatData::decode_row` (which evaluates the scale per element).
 #[inline]
@@ -259,8 +341,9 @@ pub(crate) fn default_scale(hd: usize) -> f32 {
 /// Online softmax, per row: for each block of positions (blocks aligned to absolute multiples
 /// of [`KV_BLOCK`], clipped to the row's range), scores `s_j = dot(q, k_j) * scale (+ bias)`;
 /// the running max `m` is raised to the block max (rescaling the running sum `l` and the
-/// accumulator by `exp(m_old - m)`); then, in position order, `p_j = exp(s_j - m)`, `l += p_j`,
-/// `acc += p_j * v_j`. Finally `out = acc / l`. Rows sharing a pass only share the loading and
+/// accumulator by `exp(m_old - m)`); then `p_j = exp(s_j - m)`, `l +=` the block's `p_j`
+/// summed by a fixed tree ([`block_probs`]), and, in position order, `acc += p_j * v_j`, with
+/// `exp` the deterministic [`softmax_exp`]. Finally `out = acc / l`. Rows sharing a pass only share the loading and
 /// decoding of K/V rows, never arithmetic. An empty range or a fully masked row gives zeros.
 pub(crate) fn attend_rows(isa: HostIsa, rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale: f32) {
     match isa {
@@ -270,7 +353,18 @@ pub(crate) fn attend_rows(isa: HostIsa, rows: &mut [QueryRow<'_>], kv: &KvStream
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the device selects Avx2 only after detecting AVX2.
         HostIsa::Avx2 => unsafe { attend_rows_avx2(rows, kv, scale) },
-        _ => attend_rows_impl(rows, kv, scale, dots, dots4, axpy, axpy4, axpy_rows),
+        _ => attend_rows_impl(
+            rows,
+            kv,
+            scale,
+            dots,
+            dots4,
+            axpy,
+            axpy4,
+            axpy_rows,
+            block_max,
+            block_probs,
+        ),
     }
 }
 
@@ -353,6 +447,8 @@ unsafe fn attend_rows_avx2(rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale: 
                 }
             }
         },
+        block_max,
+        block_probs,
     )
 }
 
@@ -379,6 +475,10 @@ unsafe fn attend_rows_avx512(rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale
         |acc, p, v| unsafe { x86::axpy4_avx2(acc, p, v) },
         // SAFETY: as above.
         |acc, ps, o, vs, hd| unsafe { x86::axpy_rows_avx512(acc, ps, o, vs, hd) },
+        // SAFETY: as above.
+        |sr, lo, hi| unsafe { x86::block_max_avx512(sr, lo, hi) },
+        // SAFETY: as above.
+        |sr, lo, hi, m| unsafe { x86::block_probs_avx512(sr, lo, hi, m) },
     )
 }
 
@@ -386,7 +486,119 @@ unsafe fn attend_rows_avx512(rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{DOT_LANES, KV_BLOCK, MAX_HEAD_DIM};
+    use super::{
+        DOT_LANES, EXP_HI, EXP_LO, EXP_P, KV_BLOCK, LN2_HI, LN2_LO, LOG2E, MAX_HEAD_DIM,
+        ROUND_MAGIC,
+    };
+
+    /// [`super::softmax_exp`] of 16 lanes: the same operations in the same order, lane by lane
+    /// (callable only where AVX-512 F is enabled).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) fn exp16_avx512(x: __m512) -> __m512 {
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+        let low = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_LO));
+        let magic = _mm512_set1_ps(ROUND_MAGIC);
+        let xc = _mm512_min_ps(x, _mm512_set1_ps(EXP_HI));
+        let k = _mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(LOG2E)), magic);
+        let n = _mm512_sub_ps(k, magic);
+        let ni = _mm512_sub_epi32(
+            _mm512_castps_si512(k),
+            _mm512_set1_epi32(ROUND_MAGIC.to_bits() as i32),
+        );
+        let r = _mm512_sub_ps(
+            _mm512_sub_ps(xc, _mm512_mul_ps(n, _mm512_set1_ps(LN2_HI))),
+            _mm512_mul_ps(n, _mm512_set1_ps(LN2_LO)),
+        );
+        let mut p = _mm512_set1_ps(EXP_P[0]);
+        for &c in &EXP_P[1..] {
+            p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(c));
+        }
+        let y = _mm512_add_ps(
+            _mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(r, r)), r),
+            _mm512_set1_ps(1.0),
+        );
+        let e = _mm512_castsi512_ps(_mm512_add_epi32(
+            _mm512_castps_si512(y),
+            _mm512_slli_epi32::<23>(ni),
+        ));
+        // Below EXP_LO: 0; NaN: the input.
+        _mm512_mask_mov_ps(_mm512_maskz_mov_ps(!low, e), nan, x)
+    }
+
+    /// Lanes `lo..hi` of a block's 32 slots, as the masks of its two 16-lane halves.
+    #[inline]
+    fn slot_masks(lo: usize, hi: usize) -> (u16, u16) {
+        let below = |i: usize| {
+            if i >= KV_BLOCK {
+                u32::MAX
+            } else {
+                (1u32 << i) - 1
+            }
+        };
+        let m = below(hi) & !below(lo);
+        (m as u16, (m >> 16) as u16)
+    }
+
+    /// [`super::block_max`]: `vmaxps` returns its second operand when either is NaN, so with
+    /// the data first NaN scores are skipped as `f32::max` skips them; the maximum of the rest
+    /// does not depend on the order (but for the sign of a zero, made `+0` by both).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn block_max_avx512(s: &[f32; KV_BLOCK], lo: usize, hi: usize) -> f32 {
+        let (m0, m1) = slot_masks(lo, hi);
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        // SAFETY: the block holds 32 floats: two 16-lane loads.
+        let (v0, v1) = unsafe {
+            (
+                _mm512_mask_loadu_ps(ninf, m0, s.as_ptr()),
+                _mm512_mask_loadu_ps(ninf, m1, s.as_ptr().add(16)),
+            )
+        };
+        _mm512_reduce_max_ps(_mm512_max_ps(v1, _mm512_max_ps(v0, ninf))) + 0.0
+    }
+
+    /// [`super::block_probs`]: 32 lanes of [`exp16_avx512`], masked to `lo..hi`, then the
+    /// same halving tree.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and AVX2.
+    #[target_feature(enable = "avx512f,avx2")]
+    pub(super) unsafe fn block_probs_avx512(
+        s: &mut [f32; KV_BLOCK],
+        lo: usize,
+        hi: usize,
+        m: f32,
+    ) -> f32 {
+        let (m0, m1) = if m == f32::NEG_INFINITY {
+            (0, 0)
+        } else {
+            slot_masks(lo, hi)
+        };
+        let mv = _mm512_set1_ps(m);
+        let p = s.as_mut_ptr();
+        // SAFETY: the block holds 32 floats: two 16-lane loads and stores.
+        let (e0, e1) = unsafe {
+            let e0 = _mm512_maskz_mov_ps(m0, exp16_avx512(_mm512_sub_ps(_mm512_loadu_ps(p), mv)));
+            let e1 = _mm512_maskz_mov_ps(
+                m1,
+                exp16_avx512(_mm512_sub_ps(_mm512_loadu_ps(p.add(16)), mv)),
+            );
+            _mm512_storeu_ps(p, e0);
+            _mm512_storeu_ps(p.add(16), e1);
+            (e0, e1)
+        };
+        let a = _mm512_add_ps(e0, e1);
+        let c = _mm256_add_ps(
+            _mm512_castps512_ps256(a),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a))),
+        );
+        let d = _mm_add_ps(_mm256_castps256_ps128(c), _mm256_extractf128_ps::<1>(c));
+        let e = _mm_add_ps(d, _mm_movehl_ps(d, d));
+        _mm_cvtss_f32(_mm_add_ss(e, _mm_shuffle_ps::<0b01>(e, e)))
+    }
 
     /// The halving tree of [`super::dot`] over its 16 lanes, given as lanes 0-7 plus lanes
     /// 8-15 (`c`, the tree's first step), plus the tail.
@@ -768,6 +980,8 @@ fn attend_rows_impl(
     axpy: impl Fn(&mut [f32], f32, &[f32]),
     axpy4: impl Fn(&mut [f32], [f32; 4], [&[f32]; 4]),
     axpy_rows: impl Fn(&mut [[f32; MAX_HEAD_DIM]], &[[f32; KV_BLOCK]], usize, &[&[f32]], usize),
+    bmax: impl Fn(&[f32; KV_BLOCK], usize, usize) -> f32,
+    probs: impl Fn(&mut [f32; KV_BLOCK], usize, usize, f32) -> f32,
 ) {
     let n = rows.len().min(MAX_GROUP_ROWS);
     let hd = kv.hd;
@@ -869,11 +1083,11 @@ fn attend_rows_impl(
                 if rs >= re {
                     continue;
                 }
-                let sr = &mut s[r][rs - b0..re - b0];
-                let bm = sr.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                let (lo, hi) = (rs - b0, re - b0);
+                let bm = bmax(&s[r], lo, hi);
                 if bm > m[r] {
                     if m[r] != f32::NEG_INFINITY {
-                        let c = (m[r] - bm).exp();
+                        let c = softmax_exp(m[r] - bm);
                         l[r] *= c;
                         for a in &mut acc[r][..hd] {
                             *a *= c;
@@ -881,19 +1095,7 @@ fn attend_rows_impl(
                     }
                     m[r] = bm;
                 }
-                let mr = m[r];
-                // The sum in a local: through `l[r]` it went round the stack per position.
-                let mut lr = l[r];
-                for x in sr.iter_mut() {
-                    let p = if mr == f32::NEG_INFINITY {
-                        0.0
-                    } else {
-                        (*x - mr).exp()
-                    };
-                    *x = p;
-                    lr += p;
-                }
-                l[r] = lr;
+                l[r] += probs(&mut s[r], lo, hi, m[r]);
             }
             // Values. When every row takes the whole block (decode, and prefill away from the
             // diagonal), all rows at once: each V row loaded once for all of them.
@@ -1736,6 +1938,116 @@ mod tests {
                     proptest::prop_assert_eq!(bits(&y), bits(&z));
                 }
                 let _ = isa;
+            }
+        }
+    }
+
+    /// Distance in representable f32 values (same-sign finite inputs).
+    fn ulps(a: f32, b: f32) -> u32 {
+        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+    }
+
+    #[test]
+    fn softmax_exp_is_within_two_ulp_of_exp() {
+        let mut worst = 0;
+        let mut x = EXP_LO;
+        while x <= EXP_HI {
+            let want = (x as f64).exp() as f32;
+            let got = softmax_exp(x);
+            worst = worst.max(ulps(got, want));
+            assert!(ulps(got, want) <= 2, "exp({x}) = {got}, want {want}");
+            x += 0.000_37;
+        }
+        // Every float in [-1, 0] (where a softmax's largest terms live).
+        let mut b = (-1f32).to_bits();
+        while b >= 0x8000_0000 {
+            let x = f32::from_bits(b);
+            assert!(
+                ulps(softmax_exp(x), (x as f64).exp() as f32) <= 2,
+                "exp({x})"
+            );
+            b -= 97;
+        }
+        assert!(
+            worst >= 1,
+            "a sweep this long finds some rounding difference"
+        );
+        assert_eq!(softmax_exp(0.0), 1.0);
+        assert_eq!(softmax_exp(-0.0), 1.0);
+        assert_eq!(softmax_exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(softmax_exp(-86.5), 0.0);
+        assert!(softmax_exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn block_probs_sum_by_the_tree_and_zero_the_rest() {
+        let mut s = [0f32; KV_BLOCK];
+        for (i, x) in s.iter_mut().enumerate() {
+            *x = -(i as f32) * 0.25;
+        }
+        let mut p = s;
+        let sum = block_probs(&mut p, 3, 20, -0.5);
+        for (i, &v) in p.iter().enumerate() {
+            if (3..20).contains(&i) {
+                assert_eq!(v, softmax_exp(s[i] + 0.5));
+            } else {
+                assert_eq!(v, 0.0);
+            }
+        }
+        let want: f64 = p.iter().map(|&v| v as f64).sum();
+        assert!((sum as f64 - want).abs() < 1e-6 * want);
+        let mut q = s;
+        assert_eq!(block_probs(&mut q, 0, 32, f32::NEG_INFINITY), 0.0);
+        assert!(q.iter().all(|&v| v == 0.0));
+        assert_eq!(block_max(&s, 5, 9), -1.25);
+        assert_eq!(block_max(&[f32::NAN; KV_BLOCK], 0, 32), f32::NEG_INFINITY);
+    }
+
+    proptest::proptest! {
+        /// The AVX-512 block max, exponentials and tree sum give the reference's bits, with
+        /// NaN, infinite and signed-zero scores and any range of slots.
+        #[test]
+        fn simd_softmax_block_matches_the_reference(
+            vals in proptest::collection::vec(-200f32..50.0, KV_BLOCK),
+            specials in proptest::collection::vec((0usize..KV_BLOCK, 0u8..4), 0..6),
+            lo in 0usize..KV_BLOCK,
+            len in 1usize..=KV_BLOCK,
+            m in -100f32..10.0,
+            m_inf in proptest::prelude::any::<bool>(),
+        ) {
+            let mut s = [0f32; KV_BLOCK];
+            s.copy_from_slice(&vals);
+            for &(i, k) in &specials {
+                s[i] = [f32::NAN, f32::NEG_INFINITY, -0.0, 0.0][k as usize];
+            }
+            let hi = (lo + len).min(KV_BLOCK);
+            let m = if m_inf { f32::NEG_INFINITY } else { m };
+            #[cfg(target_arch = "x86_64")]
+            if HostIsa::supported_list().contains(&HostIsa::Avx512Vnni) {
+                // SAFETY: `supported_list` names AVX-512 only where this CPU has it.
+                let got = unsafe { x86::block_max_avx512(&s, lo, hi) };
+                proptest::prop_assert_eq!(got.to_bits(), block_max(&s, lo, hi).to_bits());
+                let (mut a, mut b) = (s, s);
+                // SAFETY: as above.
+                let got = unsafe { x86::block_probs_avx512(&mut a, lo, hi, m) };
+                let want = block_probs(&mut b, lo, hi, m);
+                proptest::prop_assert_eq!(got.to_bits(), want.to_bits());
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                proptest::prop_assert_eq!(bits(&a), bits(&b));
+                // And lane by lane over the whole input range, specials included.
+                // SAFETY: as above; 16 floats loaded from a 32-float block, and a __m512 is
+                // 16 f32 lanes.
+                let e: [f32; 16] = unsafe {
+                    std::mem::transmute(x86::exp16_avx512(std::arch::x86_64::_mm512_loadu_ps(
+                        s.as_ptr(),
+                    )))
+                };
+                for (i, &v) in s.iter().enumerate().take(16) {
+                    let want = softmax_exp(v);
+                    proptest::prop_assert!(
+                        e[i].to_bits() == want.to_bits() || (e[i].is_nan() && want.is_nan())
+                    );
+                }
             }
         }
     }
