@@ -13,7 +13,10 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ttnn::experimental::{BitLinearArgs, InputRmsNorm, bitlinear};
-use ttnn::transformer::{PagedSdpaDecodeArgs, paged_scaled_dot_product_attention_decode};
+use ttnn::transformer::{
+    ChunkedSdpaArgs, PagedSdpaDecodeArgs, chunked_scaled_dot_product_attention,
+    paged_scaled_dot_product_attention_decode,
+};
 use ttnn::{
     DRAM_MEMORY_CONFIG, DataType, Device, DeviceSpec, Layout, LinearArgs, RmsNormArgs, Tensor,
     begin_trace_capture, end_trace_capture, execute_trace, linear, rms_norm,
@@ -256,5 +259,60 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, ternary, ffn_chain, lm_head, norm, attention);
+/// Chunked prefill SDPA, as the model runs it: a chunk of 128 query rows (20 heads over 5 KV
+/// heads of 128, f32 paged cache) at the start of a prompt (causal within the chunk) and after
+/// 896 cached positions. Reported as attention operations per second (2 per multiply-add of
+/// the scores and of the values, over the causal positions each row attends).
+fn prefill_attention(c: &mut Criterion) {
+    let dev = device();
+    let (nh, nkv, hd, block, sq) = (20usize, 5usize, 128usize, 32usize, 128usize);
+    let mut g = c.benchmark_group("chunked_sdpa_prefill_GOPs");
+    g.sample_size(20);
+    for start in [0usize, 896] {
+        let len = start + sq;
+        let blocks = len / block;
+        let kv = vals(blocks * nkv * block * hd, 17);
+        let k = upload(&dev, &kv, &[blocks, nkv, block, hd], DataType::Float32);
+        let v = upload(&dev, &kv, &[blocks, nkv, block, hd], DataType::Float32);
+        let pt: Vec<i32> = (0..blocks as i32).collect();
+        let pt = Tensor::from_slice(&pt, [1, blocks], DataType::Int32, Layout::RowMajor)
+            .and_then(|t| t.to_device(&dev, &DRAM_MEMORY_CONFIG))
+            .expect("page table");
+        let q = upload(
+            &dev,
+            &vals(nh * sq * hd, 18),
+            &[1, nh, sq, hd],
+            DataType::Float32,
+        );
+        // Row i attends start + i + 1 positions.
+        let attended: usize = (0..sq).map(|i| start + i + 1).sum();
+        g.throughput(Throughput::Elements((4 * nh * hd * attended) as u64));
+        g.bench_function(BenchmarkId::new("chunk128_at", start), |b| {
+            b.iter(|| {
+                black_box(
+                    chunked_scaled_dot_product_attention(
+                        &q,
+                        &k,
+                        &v,
+                        &pt,
+                        start,
+                        &ChunkedSdpaArgs::default(),
+                    )
+                    .expect("chunked sdpa"),
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    ternary,
+    ffn_chain,
+    lm_head,
+    norm,
+    attention,
+    prefill_attention
+);
 criterion_main!(benches);
