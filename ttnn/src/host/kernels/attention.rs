@@ -58,9 +58,9 @@ impl<'a> RowStore<'a> {
         match self {
             Self::F32(v) => &v[r * len..(r + 1) * len],
             Self::Bf16(v) => {
-                for (o, x) in buf[..len].iter_mut().zip(&v[r * len..(r + 1) * len]) {
-                    *o = x.to_f32();
-                }
+                // Eight at a time with AVX2 (exact either way): one `to_f32` per value made a
+                // bf16 cache slower to attend than an f32 one of twice the bytes.
+                super::convert::bf16_to_f32_slice(&v[r * len..(r + 1) * len], &mut buf[..len]);
                 &buf[..len]
             }
             Self::Block(b) => {
