@@ -223,6 +223,19 @@ fn norm(c: &mut Criterion) {
     g.finish();
 }
 
+/// An f32 paged K/V cache of `shape` (`[blocks, nkv, block, hd]`, K and V alike) and the page
+/// table of one user holding every block in order.
+fn paged_kv(dev: &Device, shape: [usize; 4], seed: u64) -> (Tensor, Tensor, Tensor) {
+    let kv = vals(shape.iter().product(), seed);
+    let k = upload(dev, &kv, &shape, DataType::Float32);
+    let v = upload(dev, &kv, &shape, DataType::Float32);
+    let pt: Vec<i32> = (0..shape[0] as i32).collect();
+    let pt = Tensor::from_slice(&pt, [1, shape[0]], DataType::Int32, Layout::RowMajor)
+        .and_then(|t| t.to_device(dev, &DRAM_MEMORY_CONFIG))
+        .expect("page table");
+    (k, v, pt)
+}
+
 /// Paged SDPA decode for one user: 20 query heads over 5 KV heads of 128, f32 cache, at two
 /// sequence lengths (bytes = the K and V read).
 fn attention(c: &mut Criterion) {
@@ -230,14 +243,7 @@ fn attention(c: &mut Criterion) {
     let (nh, nkv, hd, block) = (20usize, 5usize, 128usize, 32usize);
     let mut g = c.benchmark_group("paged_sdpa_decode_GBps");
     for len in [256usize, 2048] {
-        let blocks = len / block;
-        let kv = vals(blocks * nkv * block * hd, 9);
-        let k = upload(&dev, &kv, &[blocks, nkv, block, hd], DataType::Float32);
-        let v = upload(&dev, &kv, &[blocks, nkv, block, hd], DataType::Float32);
-        let pt: Vec<i32> = (0..blocks as i32).collect();
-        let pt = Tensor::from_slice(&pt, [1, blocks], DataType::Int32, Layout::RowMajor)
-            .and_then(|t| t.to_device(&dev, &DRAM_MEMORY_CONFIG))
-            .expect("page table");
+        let (k, v, pt) = paged_kv(&dev, [len / block, nkv, block, hd], 9);
         let cur = Tensor::from_slice(&[len as i32 - 1], [1], DataType::Int32, Layout::RowMajor)
             .and_then(|t| t.to_device(&dev, &DRAM_MEMORY_CONFIG))
             .expect("cur_pos");
@@ -270,14 +276,7 @@ fn prefill_attention(c: &mut Criterion) {
     g.sample_size(20);
     for start in [0usize, 896] {
         let len = start + sq;
-        let blocks = len / block;
-        let kv = vals(blocks * nkv * block * hd, 17);
-        let k = upload(&dev, &kv, &[blocks, nkv, block, hd], DataType::Float32);
-        let v = upload(&dev, &kv, &[blocks, nkv, block, hd], DataType::Float32);
-        let pt: Vec<i32> = (0..blocks as i32).collect();
-        let pt = Tensor::from_slice(&pt, [1, blocks], DataType::Int32, Layout::RowMajor)
-            .and_then(|t| t.to_device(&dev, &DRAM_MEMORY_CONFIG))
-            .expect("page table");
+        let (k, v, pt) = paged_kv(&dev, [len / block, nkv, block, hd], 17);
         let q = upload(
             &dev,
             &vals(nh * sq * hd, 18),
