@@ -343,8 +343,9 @@ pub(crate) fn default_scale(hd: usize) -> f32 {
 /// the running max `m` is raised to the block max (rescaling the running sum `l` and the
 /// accumulator by `exp(m_old - m)`); then `p_j = exp(s_j - m)`, `l +=` the block's `p_j`
 /// summed by a fixed tree ([`block_probs`]), and, in position order, `acc += p_j * v_j`, with
-/// `exp` the deterministic [`softmax_exp`]. Finally `out = acc / l`. Rows sharing a pass only share the loading and
-/// decoding of K/V rows, never arithmetic. An empty range or a fully masked row gives zeros.
+/// `exp` the deterministic [`softmax_exp`]. Finally `out = acc / l`. Rows sharing a pass only
+/// share the loading and decoding of K/V rows, never arithmetic. An empty range or a fully
+/// masked row gives zeros.
 pub(crate) fn attend_rows(isa: HostIsa, rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale: f32) {
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -595,9 +596,9 @@ mod x86 {
             _mm512_castps512_ps256(a),
             _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a))),
         );
-        let d = _mm_add_ps(_mm256_castps256_ps128(c), _mm256_extractf128_ps::<1>(c));
-        let e = _mm_add_ps(d, _mm_movehl_ps(d, d));
-        _mm_cvtss_f32(_mm_add_ss(e, _mm_shuffle_ps::<0b01>(e, e)))
+        // The rest of the tree is `finish_dot`'s; its `+ 0.0` changes no sum of probabilities
+        // (each is +0 or positive).
+        finish_dot(c, 0.0)
     }
 
     /// The halving tree of [`super::dot`] over its 16 lanes, given as lanes 0-7 plus lanes
