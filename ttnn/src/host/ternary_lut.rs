@@ -55,7 +55,7 @@ pub fn base3_code(t: [i8; 3]) -> u16 {
 
 /// The triple of a `Base3` code (the zero triple for the unused codes 14-18).
 #[inline]
-pub fn base3_triple(code: u16) -> [i8; 3] {
+pub const fn base3_triple(code: u16) -> [i8; 3] {
     let v = ((code as i8) << 3) >> 3;
     if v.abs() > 13 {
         return [0; 3];

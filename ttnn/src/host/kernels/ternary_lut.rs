@@ -863,6 +863,52 @@ mod x86 {
             }
         }
     }
+
+    /// [`build_table_base3_avx512`]'s constants, per byte `j` of its 32 words: word `j / 2`
+    /// is code `j / 2`'s entry, and byte `j` multiplies value `j % 2` of the group by that
+    /// code's value `j % 2` (`BASE3_C01`) and, in even bytes, value 2 by its value 2
+    /// (`BASE3_C2`); `BASE3_OFF` takes back the 128 added to each value to make it unsigned.
+    /// Built at compile time: built per call, they were most of the table build's time.
+    const BASE3_PICK01: [u8; 64] = {
+        let mut a = [0; 64];
+        let mut j = 0;
+        while j < 64 {
+            a[j] = (j % 2) as u8;
+            j += 1;
+        }
+        a
+    };
+    const BASE3_C01: [i8; 64] = {
+        let mut a = [0; 64];
+        let mut j = 0;
+        while j < 64 {
+            a[j] = base3_triple((j / 2) as u16)[j % 2];
+            j += 1;
+        }
+        a
+    };
+    const BASE3_C2: [i8; 64] = {
+        let mut a = [0; 64];
+        let mut j = 0;
+        while j < 64 {
+            if j % 2 == 0 {
+                a[j] = base3_triple((j / 2) as u16)[2];
+            }
+            j += 1;
+        }
+        a
+    };
+    const BASE3_OFF: [i16; 32] = {
+        let mut a = [0; 32];
+        let mut e = 0;
+        while e < 32 {
+            let t = base3_triple(e as u16);
+            a[e] = 128 * (t[0] as i16 + t[1] as i16 + t[2] as i16);
+            e += 1;
+        }
+        a
+    };
+
     /// The `Base3` table, one group per step: its three activations (offset to unsigned) placed
     /// by `vpermb` for two `maddubs` with every code's triple, as in [`build_table_avx2`], minus
     /// `128 * sum(triple)`: the 32 words, stored as they are.
@@ -874,24 +920,13 @@ mod x86 {
     pub(super) unsafe fn build_table_base3_avx512(q: &[i8], table: &mut [u8]) {
         let groups = table.len() / BASE3_TABLE_BYTES;
         debug_assert!(q.len() >= 3 * groups);
-        // Byte j of the 32 words: word j / 2 (code j / 2), value j % 2 (and value 2).
-        let tri = |j: usize| base3_triple((j / 2) as u16);
-        let pick01: [u8; 64] = std::array::from_fn(|j| (j % 2) as u8);
-        let c01: [i8; 64] = std::array::from_fn(|j| tri(j)[j % 2]);
-        let c2: [i8; 64] = std::array::from_fn(|j| if j % 2 == 0 { tri(j)[2] } else { 0 });
-        let off: [i16; 32] = std::array::from_fn(|e| {
-            128 * base3_triple(e as u16)
-                .iter()
-                .map(|&v| v as i16)
-                .sum::<i16>()
-        });
         // SAFETY: each array holds 64 bytes.
         let [pick01, c01, c2, off] = unsafe {
             [
-                _mm512_loadu_si512(pick01.as_ptr().cast()),
-                _mm512_loadu_si512(c01.as_ptr().cast()),
-                _mm512_loadu_si512(c2.as_ptr().cast()),
-                _mm512_loadu_si512(off.as_ptr().cast()),
+                _mm512_loadu_si512(BASE3_PICK01.as_ptr().cast()),
+                _mm512_loadu_si512(BASE3_C01.as_ptr().cast()),
+                _mm512_loadu_si512(BASE3_C2.as_ptr().cast()),
+                _mm512_loadu_si512(BASE3_OFF.as_ptr().cast()),
             ]
         };
         let pick2 = _mm512_set1_epi8(2);
@@ -1038,6 +1073,28 @@ mod x86 {
         }
     }
 
+    /// Per `Base3` code, its values plus one (codes in {0, 1, 2}): values 0 and 1 as the low and
+    /// high byte of a word (`BASE3_D01`), value 2 (`BASE3_D2`). Compile-time, as above.
+    const BASE3_D01: [u16; 32] = {
+        let mut a = [0; 32];
+        let mut e = 0;
+        while e < 32 {
+            let t = base3_triple(e as u16);
+            a[e] = (t[0] + 1) as u16 | (((t[1] + 1) as u16) << 8);
+            e += 1;
+        }
+        a
+    };
+    const BASE3_D2: [u16; 32] = {
+        let mut a = [0; 32];
+        let mut e = 0;
+        while e < 32 {
+            a[e] = (base3_triple(e as u16)[2] + 1) as u16;
+            e += 1;
+        }
+        a
+    };
+
     /// The codes (value + 1, in {0, 1, 2}) of the 48 values of the `Base3` segment at `seg`, 32
     /// rows each: each group's code looked up by two `vpermw`s (values 0 and 1 as the low and
     /// high byte of a word, value 2) and narrowed to bytes.
@@ -1047,14 +1104,11 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi2")]
     #[inline]
     unsafe fn base3_segment_codes(seg: *const u8) -> [__m256i; 48] {
-        let code = |e: usize, v: usize| (base3_triple(e as u16)[v] + 1) as u16;
-        let d01: [u16; 32] = std::array::from_fn(|e| code(e, 0) | (code(e, 1) << 8));
-        let d2: [u16; 32] = std::array::from_fn(|e| code(e, 2));
         // SAFETY: each array holds 64 bytes.
         let (d01, d2) = unsafe {
             (
-                _mm512_loadu_si512(d01.as_ptr().cast()),
-                _mm512_loadu_si512(d2.as_ptr().cast()),
+                _mm512_loadu_si512(BASE3_D01.as_ptr().cast()),
+                _mm512_loadu_si512(BASE3_D2.as_ptr().cast()),
             )
         };
         let mut vals = [_mm256_setzero_si256(); 48];
