@@ -325,6 +325,12 @@ fn entry(table: &[u8], g: usize, code: u16) -> i32 {
 /// `dram_48x_ffn_gate` (AVX-512, four blocks per call), run to run, 1 thread 18.2-19.2 ->
 /// 19.5-21.9 GB/s, 2 threads 29-36 -> 30-41 (`Lut3`: 17.0-17.7 and 25-30); 8 segments ahead
 /// did worse with 2 threads (29-32), 24-48 no better. On this noisy host the ranges overlap.
+/// The kernel issues a segment's hints one line per block per word (four at a time, between
+/// the words' lookups) rather than all twenty at the segment's start: with one thread the
+/// burst left the weight stream barely overlapped with the arithmetic (an in-process replay
+/// of 24 decode gate/down pairs, alternated: 14.9-16.1 -> 17.9-20.1 GB/s; the model's ternary
+/// decode ops 23.9 / 25.6 -> 21.6 / 22.2 ms per token), and the distance (8 to 64 segments,
+/// tried with the burst) changed nothing.
 pub(crate) const BASE3_AHEAD_SEGS: usize = 16;
 
 #[cfg(target_arch = "x86_64")]
@@ -993,28 +999,33 @@ mod x86 {
             let mut c = [[zero; T]; R];
             while s < end {
                 // Each block's stream hinted BASE3_AHEAD_SEGS segments on, in these blocks or
-                // (past their end) in the next `R` at `prefetch`.
+                // (past their end) in the next `R` at `prefetch` (null: nothing to hint), one
+                // line per block per word below: spread, not in one burst (see
+                // BASE3_AHEAD_SEGS).
                 let t = s + BASE3_AHEAD_SEGS;
-                for r in 0..R {
-                    let at = if t < segs {
+                let hint_at: [*const u8; R] = std::array::from_fn(|r| {
+                    if t < segs {
                         blocks.as_ptr().wrapping_add(r * bb + t * SEG_BYTES)
                     } else {
                         let off = r * bb + (t - segs) * SEG_BYTES;
                         if off + SEG_BYTES > prefetch.len() {
-                            continue;
+                            std::ptr::null()
+                        } else {
+                            prefetch.as_ptr().wrapping_add(off)
                         }
-                        prefetch.as_ptr().wrapping_add(off)
-                    };
-                    for line in 0..SEG_BYTES / 64 {
-                        // A hint never faults or writes.
-                        _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(64 * line).cast());
                     }
-                }
+                });
                 // SAFETY: s < segs: each block's segment (320 bytes) is inside `blocks`.
                 let seg: [*const u8; R] =
                     std::array::from_fn(|r| unsafe { bp[r].add(s * SEG_BYTES) });
                 let mut last = [zero; R];
                 for j in 0..5 {
+                    for at in hint_at {
+                        if !at.is_null() {
+                            // A hint never faults or writes.
+                            _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(64 * j).cast());
+                        }
+                    }
                     // SAFETY: groups 16 s + 3 j.. + 2 < 16 segs: their tables are inside.
                     let tw: [[__m512i; 3]; T] = std::array::from_fn(|t| unsafe {
                         let tb = tp[t].add((16 * s + 3 * j) * BASE3_TABLE_BYTES);
