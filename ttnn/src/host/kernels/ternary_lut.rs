@@ -329,8 +329,8 @@ fn entry(table: &[u8], g: usize, code: u16) -> i32 {
 /// the words' lookups) rather than all twenty at the segment's start: with one thread the
 /// burst left the weight stream barely overlapped with the arithmetic (an in-process replay
 /// of 24 decode gate/down pairs, alternated: 14.9-16.1 -> 17.9-20.1 GB/s; the model's ternary
-/// decode ops 23.9 / 25.6 -> 21.6 / 22.2 ms per token), and the distance (8 to 64 segments,
-/// tried with the burst) changed nothing.
+/// decode ops 23.9 / 25.6 -> 21.6 / 22.2 ms per token). The distance (8 to 64 segments),
+/// tried with the burst and again with the spread hints, changed nothing.
 pub(crate) const BASE3_AHEAD_SEGS: usize = 16;
 
 #[cfg(target_arch = "x86_64")]
