@@ -2,6 +2,7 @@
 //! Hugging Face checkpoint directory and run through `ttnn` ops only.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use safetensors::Dtype;
 use ttnn::{
@@ -103,6 +104,46 @@ fn float_tensor(
     Ok(Tensor::from_vec(to_f32(name, &t)?, shape, dtype, layout)?)
 }
 
+/// `load(0..n)` on every core, in order: the decoder layers are independent, and repacking
+/// their two billion ternary values (2B-4T) is most of a model's load time. The result does
+/// not depend on the thread count; on failure, the error is the lowest failing index's (indices
+/// are handed out in order, so every one below the first failure is tried, and none is started
+/// after it).
+fn load_in_parallel<T: Send>(
+    n: usize,
+    threads: usize,
+    load: impl Fn(usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let next = AtomicUsize::new(0);
+    let worker = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break done;
+            }
+            let item = load(i);
+            let failed = item.is_err();
+            done.push((i, item));
+            if failed {
+                next.store(n, Ordering::Relaxed);
+                break done;
+            }
+        }
+    };
+    let mut done = std::thread::scope(|sc| {
+        let others: Vec<_> = (1..threads.min(n)).map(|_| sc.spawn(worker)).collect();
+        let mut done = worker();
+        for h in others {
+            // A panic in a worker is re-raised here, as if the load had run on this thread.
+            done.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        done
+    });
+    done.sort_by_key(|&(i, _)| i);
+    done.into_iter().map(|(_, item)| item).collect()
+}
+
 impl BitNetModel {
     /// Loads `dir` (`config.json` and the safetensors weights) onto `device`.
     pub fn load(dir: &Path, device: &Device, opts: &ModelOptions) -> Result<Self> {
@@ -160,14 +201,10 @@ impl BitNetModel {
         // one at a time when looked up).
         ckpt.release(head_name);
         let root = Weights::root(ckpt);
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            layers.push(DecoderLayer::load(
-                &root.pp(&format!("model.layers.{i}")),
-                device,
-                &cfg,
-            )?);
-        }
+        let threads = std::thread::available_parallelism().map_or(1, |p| p.get());
+        let layers = load_in_parallel(cfg.num_hidden_layers, threads, |i| {
+            DecoderLayer::load(&root.pp(&format!("model.layers.{i}")), device, &cfg)
+        })?;
         let norm = RmsNorm::load(&root.pp("model.norm"), device, h, cfg.rms_norm_eps)?;
         let max_seq = opts.max_seq_len.unwrap_or(cfg.max_position_embeddings);
         let rope = RotarySetup::new(
@@ -436,5 +473,42 @@ impl BitNetModel {
         }
         let h = self.norm.forward(&x, self.plan.op(PlanOp::FinalNorm))?;
         self.lm_head(&h, Step::Decode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Later indices finish first (each sleeps less), yet the items come back in order, and
+    /// the error is the lowest failing index's, with any number of threads.
+    #[test]
+    fn parallel_load_keeps_order_and_the_first_error() {
+        let slow_first = |i: usize| std::thread::sleep(Duration::from_millis(3 * (8 - i as u64)));
+        for threads in [1, 2, 3, 8] {
+            let got = load_in_parallel(8, threads, |i| {
+                slow_first(i);
+                Ok(i)
+            })
+            .expect("no failure");
+            assert_eq!(got, (0..8).collect::<Vec<_>>(), "{threads} threads");
+            let err = load_in_parallel(8, threads, |i| {
+                slow_first(i);
+                if i == 2 || i == 3 {
+                    return Err(Error::InvalidConfig {
+                        field: format!("layer {i}"),
+                        reason: "broken".into(),
+                    });
+                }
+                Ok(i)
+            })
+            .expect_err("layers 2 and 3 fail");
+            assert!(
+                err.to_string().contains("layer 2"),
+                "{threads} threads: {err}"
+            );
+        }
+        assert!(load_in_parallel(0, 2, Ok).expect("empty").is_empty());
     }
 }

@@ -147,6 +147,23 @@ fn vocabulary_embedding_mismatch() {
     );
 }
 
+/// Layers load on several threads; the error is still the lowest-numbered failing layer's.
+#[test]
+fn two_broken_layers_report_the_first() {
+    let d = modified_checkpoint("tiny-2b4t-format", |t, _| {
+        t.get_mut(Q).expect("q_proj").2[5] = 0xff;
+        let s = &mut t
+            .get_mut("model.layers.0.mlp.up_proj.weight_scale")
+            .expect("scale")
+            .2;
+        s.copy_from_slice(&half::bf16::NAN.to_le_bytes());
+    });
+    for _ in 0..3 {
+        let e = try_load(d.path());
+        assert!(e.contains("model.layers.0.mlp.up_proj.weight_scale"), "{e}");
+    }
+}
+
 #[test]
 fn bad_ternary_code_and_scale() {
     let d = modified_checkpoint("tiny-2b4t-format", |t, _| {

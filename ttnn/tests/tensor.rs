@@ -56,6 +56,13 @@ fn conversions_check_their_input() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("0.5 is not -1, 0 or 1"), "{e}");
+    // i8 values are checked a chunk at a time: a bad one far from the start is still found.
+    let mut v = vec![1i8; 3 * 4096 + 7];
+    v[2 * 4096 + 5] = -2;
+    let e = Tensor::from_vec(v, [3 * 4096 + 7], DataType::Ternary, Layout::Tile)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("-2 is not -1, 0 or 1"), "{e}");
     let e = Tensor::from_slice(&[1.0f32; 3], [2, 2], DataType::Float32, Layout::Tile)
         .unwrap_err()
         .to_string();

@@ -104,6 +104,7 @@ impl TernaryData {
     }
 
     /// Row `r`'s values of a `Bits2` matrix into `out` (`row_len` values).
+    #[inline(always)]
     fn unpack_row(&self, r: usize, out: &mut [i8]) {
         for (c, bytes) in self.row(r).chunks_exact(CHUNK_BYTES).enumerate() {
             let dst = &mut out[c * CHUNK..];

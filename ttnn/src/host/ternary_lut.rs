@@ -211,9 +211,46 @@ fn pack_blocks(
     neg: &mut [i32],
     row: &(impl Fn(usize, &mut [i8]) + Sync),
 ) {
+    /// The same code compiled for AVX2, which the compiler vectorizes about twice as well as
+    /// for baseline x86-64 (variable shifts, wider registers); the bits are the same.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(
+        base3: bool,
+        b0: usize,
+        rows: usize,
+        row_len: usize,
+        packed: &mut [u8],
+        neg: &mut [i32],
+        row: &(impl Fn(usize, &mut [i8]) + Sync),
+    ) {
+        pack_blocks_impl(base3, b0, rows, row_len, packed, neg, row);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present (checked above).
+        return unsafe { avx2(base3, b0, rows, row_len, packed, neg, row) };
+    }
+    pack_blocks_impl(base3, b0, rows, row_len, packed, neg, row);
+}
+
+#[inline(always)]
+fn pack_blocks_impl(
+    base3: bool,
+    b0: usize,
+    rows: usize,
+    row_len: usize,
+    packed: &mut [u8],
+    neg: &mut [i32],
+    row: &(impl Fn(usize, &mut [i8]) + Sync),
+) {
     let (bb, segs) = (block_bytes(row_len), groups(row_len) / SEG_GROUPS);
     // The row, zero-padded to whole groups.
     let mut buf = vec![0i8; 3 * segs * SEG_GROUPS];
+    let mut codes = vec![0u16; if base3 { segs * SEG_GROUPS } else { 0 }];
     for (bl, block) in packed.chunks_exact_mut(bb).enumerate() {
         for i in 0..LUT_ROWS {
             let r = (b0 + bl) * LUT_ROWS + i;
@@ -223,7 +260,7 @@ fn pack_blocks(
                 buf.fill(0);
             }
             if base3 {
-                encode_base3(block, i, &buf);
+                encode_base3(block, i, &buf, &mut codes);
             } else {
                 let count = encode_lut3(block, i, &buf);
                 if r < rows {
@@ -236,6 +273,7 @@ fn pack_blocks(
 
 /// Writes row `i` of a `Lut3` block from its values (whole segments) and returns its count of
 /// negated groups.
+#[inline(always)]
 fn encode_lut3(block: &mut [u8], i: usize, values: &[i8]) -> i32 {
     let mut count = 0;
     for (s, seg) in block.chunks_exact_mut(SEG_BYTES).enumerate() {
@@ -261,19 +299,23 @@ fn encode_lut3(block: &mut [u8], i: usize, values: &[i8]) -> i32 {
     count
 }
 
-/// Writes row `i` of a `Base3` block from its values (whole segments).
-fn encode_base3(block: &mut [u8], i: usize, values: &[i8]) {
-    for (s, seg) in block.chunks_exact_mut(SEG_BYTES).enumerate() {
-        let code = |k: usize| {
-            let c = 3 * (s * SEG_GROUPS + k);
-            base3_code([values[c], values[c + 1], values[c + 2]])
-        };
-        let last = code(15);
+/// Writes row `i` of a `Base3` block from its values (whole segments), with `codes` (one per
+/// group) as scratch.
+#[inline(always)]
+fn encode_base3(block: &mut [u8], i: usize, values: &[i8], codes: &mut [u16]) {
+    // The codes first, in a loop without bounds checks (two billion values at a 2B-4T load).
+    for (c, t) in codes.iter_mut().zip(values.chunks_exact(3)) {
+        *c = base3_code([t[0], t[1], t[2]]);
+    }
+    for (seg, c) in block
+        .chunks_exact_mut(SEG_BYTES)
+        .zip(codes.chunks_exact(SEG_GROUPS))
+    {
         for j in 0..5 {
-            let w = code(3 * j)
-                | (code(3 * j + 1) << 5)
-                | (code(3 * j + 2) << 10)
-                | (((last >> (4 - j)) & 1) << 15);
+            let w = c[3 * j]
+                | (c[3 * j + 1] << 5)
+                | (c[3 * j + 2] << 10)
+                | (((c[15] >> (4 - j)) & 1) << 15);
             let at = BASE3_WORD_BYTES * j + 2 * i;
             seg[at..at + 2].copy_from_slice(&w.to_le_bytes());
         }
