@@ -511,6 +511,28 @@ mod tests {
             }
         }
 
+        /// The packer built for AVX2 (what this CPU runs, if it has AVX2) and the baseline
+        /// build (what a CPU without it runs) write the same bytes.
+        #[test]
+        fn packer_builds_agree(
+            rows in 1usize..70,
+            row_len in 1usize..200,
+            seed in any::<u64>(),
+            base3 in any::<bool>(),
+        ) {
+            let values = random_ternary(rows * row_len, seed);
+            let row = |r: usize, buf: &mut [i8]| {
+                buf.copy_from_slice(&values[r * row_len..(r + 1) * row_len])
+            };
+            let (bytes, counts) = (storage_bytes(rows, row_len), if base3 { 0 } else { rows });
+            let (mut a, mut neg_a) = (vec![0u8; bytes], vec![0i32; counts]);
+            let (mut b, mut neg_b) = (vec![0u8; bytes], vec![0i32; counts]);
+            pack_blocks(base3, 0, rows, row_len, &mut a, &mut neg_a, &row);
+            pack_blocks_impl(base3, 0, rows, row_len, &mut b, &mut neg_b, &row);
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(neg_a, neg_b);
+        }
+
         #[test]
         fn pack_get_round_trips(rows in 1usize..70, row_len in 1usize..100, seed in any::<u64>()) {
             let values = random_ternary(rows * row_len, seed);
