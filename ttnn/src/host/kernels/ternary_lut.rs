@@ -998,10 +998,14 @@ mod x86 {
             let mut a = [[zero; T]; R];
             let mut c = [[zero; T]; R];
             while s < end {
+                // SAFETY: s < segs: each block's segment (320 bytes) is inside `blocks`.
+                let seg: [*const u8; R] =
+                    std::array::from_fn(|r| unsafe { bp[r].add(s * SEG_BYTES) });
                 // Each block's stream hinted BASE3_AHEAD_SEGS segments on, in these blocks or
-                // (past their end) in the next `R` at `prefetch` (null: nothing to hint), one
-                // line per block per word below: spread, not in one burst (see
-                // BASE3_AHEAD_SEGS).
+                // (past their end) in the next `R` at `prefetch`, one line per block per word
+                // below: spread, not in one burst (see BASE3_AHEAD_SEGS). With nothing there
+                // to hint, the segment being read is hinted instead (a no-op): no test per
+                // hint in the loop.
                 let t = s + BASE3_AHEAD_SEGS;
                 let hint_at: [*const u8; R] = std::array::from_fn(|r| {
                     if t < segs {
@@ -1009,22 +1013,17 @@ mod x86 {
                     } else {
                         let off = r * bb + (t - segs) * SEG_BYTES;
                         if off + SEG_BYTES > prefetch.len() {
-                            std::ptr::null()
+                            seg[r]
                         } else {
                             prefetch.as_ptr().wrapping_add(off)
                         }
                     }
                 });
-                // SAFETY: s < segs: each block's segment (320 bytes) is inside `blocks`.
-                let seg: [*const u8; R] =
-                    std::array::from_fn(|r| unsafe { bp[r].add(s * SEG_BYTES) });
                 let mut last = [zero; R];
                 for j in 0..5 {
                     for at in hint_at {
-                        if !at.is_null() {
-                            // A hint never faults or writes.
-                            _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(64 * j).cast());
-                        }
+                        // A hint never faults or writes.
+                        _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(64 * j).cast());
                     }
                     // SAFETY: groups 16 s + 3 j.. + 2 < 16 segs: their tables are inside.
                     let tw: [[__m512i; 3]; T] = std::array::from_fn(|t| unsafe {
