@@ -76,20 +76,13 @@ impl BlockFloatData {
 
     /// Re-encodes row `r` from its `row_len` values (no allocation).
     pub fn encode_row(&mut self, r: usize, row: &[f32]) {
-        let row_len = self.row_len;
-        let g = Self::groups_per_row(row_len);
-        let mut buf = [0f32; GROUP];
-        for gi in 0..g {
-            buf.fill(0.0);
-            let start = gi * GROUP;
-            let end = (start + GROUP).min(row_len);
-            buf[..end - start].copy_from_slice(&row[start..end]);
-            let idx = r * g + gi;
-            let mants: &mut [i8; GROUP] = (&mut self.mants[idx * GROUP..(idx + 1) * GROUP])
-                .try_into()
-                .expect("group slice has GROUP elements");
-            self.exps[idx] = encode_group(self.format, &buf, mants);
-        }
+        let g = Self::groups_per_row(self.row_len);
+        let exps = &mut self.exps[r * g..(r + 1) * g];
+        let mants = &mut self.mants[r * g * GROUP..(r + 1) * g * GROUP];
+        encode_groups(self.format, exps, mants, |gi, buf| {
+            let group = &row[gi * GROUP..((gi + 1) * GROUP).min(row.len())];
+            buf[..group.len()].copy_from_slice(group);
+        });
     }
 
     /// Encodes the rows from `r0` on from their bf16 values (`src`: whole rows of
@@ -111,28 +104,18 @@ impl BlockFloatData {
         std::thread::scope(|sc| {
             for ((src, exps), mants) in parts {
                 sc.spawn(move || {
-                    let mut buf = [0f32; GROUP];
                     let rows = src
                         .chunks_exact(2 * len)
                         .zip(exps.chunks_exact_mut(g))
                         .zip(mants.chunks_exact_mut(g * GROUP));
                     for ((src, exps), mants) in rows {
-                        let groups = src
-                            .chunks(2 * GROUP)
-                            .zip(exps)
-                            .zip(mants.chunks_exact_mut(GROUP));
-                        for ((src, exp), mants) in groups {
-                            // The last group of a row is zero-padded.
-                            buf.fill(0.0);
-                            for (d, b) in buf.iter_mut().zip(src.chunks_exact(2)) {
-                                *d = f32::from_bits(
-                                    u32::from(u16::from_le_bytes([b[0], b[1]])) << 16,
-                                );
+                        encode_groups(format, exps, mants, |gi, buf| {
+                            // The zip stops at the group's 16 values or the row's end.
+                            let group = &src[2 * GROUP * gi..];
+                            for (d, b) in buf.iter_mut().zip(group.chunks_exact(2)) {
+                                *d = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
                             }
-                            let mants: &mut [i8; GROUP] =
-                                mants.try_into().expect("group slice has GROUP elements");
-                            *exp = encode_group(format, &buf, mants);
-                        }
+                        });
                     }
                 });
             }
@@ -160,6 +143,29 @@ impl BlockFloatData {
             self.decode_row(r, &mut out[r * self.row_len..(r + 1) * self.row_len]);
         }
         out
+    }
+}
+
+/// Encodes one row's groups into `exps` (one per group) and `mants` (16 per group), each
+/// group's values written by `fill(group, buf)` into a zeroed buffer (so the row's last group is
+/// zero-padded).
+#[inline(always)]
+fn encode_groups(
+    format: BlockFormat,
+    exps: &mut [u8],
+    mants: &mut [i8],
+    fill: impl Fn(usize, &mut [f32; GROUP]),
+) {
+    let mut buf = [0f32; GROUP];
+    for (gi, (exp, mants)) in exps
+        .iter_mut()
+        .zip(mants.chunks_exact_mut(GROUP))
+        .enumerate()
+    {
+        buf.fill(0.0);
+        fill(gi, &mut buf);
+        let mants: &mut [i8; GROUP] = mants.try_into().expect("group slice has GROUP elements");
+        *exp = encode_group(format, &buf, mants);
     }
 }
 

@@ -103,7 +103,8 @@ impl TernaryData {
         t
     }
 
-    /// Row `r`'s values of a `Bits2` matrix into `out` (`row_len` values).
+    /// Row `r`'s values of a `Bits2` matrix into `out` (`row_len` values). Always inlined, so
+    /// that the repack's AVX2 build (`pack_rows_with`) compiles it with AVX2 too.
     #[inline(always)]
     fn unpack_row(&self, r: usize, out: &mut [i8]) {
         for (c, bytes) in self.row(r).chunks_exact(CHUNK_BYTES).enumerate() {

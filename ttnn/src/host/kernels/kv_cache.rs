@@ -12,26 +12,9 @@ use half::bf16;
 use super::attention::{check_pages, int_at, load_page_table};
 use super::read_f32;
 use crate::error::{Error, Result};
-use crate::host::blockfloat::{BlockFloatData, GROUP, encode_group};
+use crate::host::blockfloat::{BlockFloatData, GROUP};
 use crate::host::data::HostData;
 use crate::host::{HostBuffer, HostCommand, HostCtx};
-
-/// Encodes `vals` (one row of `b.row_len` values) into row `r` of `b`, in place.
-pub(crate) fn encode_row(b: &mut BlockFloatData, r: usize, vals: &[f32]) {
-    let g = BlockFloatData::groups_per_row(b.row_len);
-    let mut buf = [0f32; GROUP];
-    for gi in 0..g {
-        let start = gi * GROUP;
-        let end = (start + GROUP).min(b.row_len);
-        buf.fill(0.0);
-        buf[..end - start].copy_from_slice(&vals[start..end]);
-        let idx = r * g + gi;
-        let mants: &mut [i8; GROUP] = (&mut b.mants[idx * GROUP..(idx + 1) * GROUP])
-            .try_into()
-            .expect("a group slice holds GROUP mantissas");
-        b.exps[idx] = encode_group(b.format, &buf, mants);
-    }
-}
 
 /// Writes `vals` into row `row` of a float cache (rows of `vals.len()` values), rounding to the
 /// cache's precision.
@@ -44,7 +27,7 @@ pub(crate) fn write_row(cache: &mut HostData, row: usize, vals: &[f32]) {
                 *d = bf16::from_f32(s);
             }
         }
-        HostData::Block(b) => encode_row(b, row, vals),
+        HostData::Block(b) => b.encode_row(row, vals),
         // Validation admits float caches only.
         _ => {}
     }
@@ -257,12 +240,12 @@ mod tests {
         let whole = BlockFloatData::encode(BlockFormat::Bfp8, &vals, rows, len);
         let mut b = BlockFloatData::zeros(BlockFormat::Bfp8, rows, len);
         for r in [2, 0, 3, 1] {
-            encode_row(&mut b, r, &vals[r * len..(r + 1) * len]);
+            b.encode_row(r, &vals[r * len..(r + 1) * len]);
         }
         assert_eq!(b, whole);
         let before = b.clone();
         let new_row: Vec<f32> = (0..len).map(|i| i as f32).collect();
-        encode_row(&mut b, 1, &new_row);
+        b.encode_row(1, &new_row);
         let mut out = vec![0f32; len];
         for r in [0, 2, 3] {
             let (mut x, mut y) = (vec![0f32; len], vec![0f32; len]);
