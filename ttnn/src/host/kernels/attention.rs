@@ -404,8 +404,9 @@ fn axpy_rows(
     }
 }
 
-/// [`attend_rows_impl`] compiled with 256-bit vectors and with [`x86`]'s AVX2 dot and axpys:
-/// the same lane arithmetic in the same order (Rust never contracts to FMA), so the same bits.
+/// [`attend_rows_impl`] compiled with 256-bit vectors and with [`x86`]'s AVX2 dots and axpys
+/// (four K rows per pass over a query row, each V row loaded once for four query rows): the same
+/// lane arithmetic in the same order (Rust never contracts to FMA), so the same bits.
 /// (Left to the compiler, the 16-lane dot became 4-wide adds fed by 8-byte loads: the decode
 /// kernel ran at ~4 GB/s of f32 K/V.)
 ///
@@ -420,34 +421,14 @@ unsafe fn attend_rows_avx2(rows: &mut [QueryRow<'_>], kv: &KvStream<'_>, scale: 
         scale,
         // SAFETY: AVX2 (this function's contract).
         |qs, k, out| unsafe { x86::dots_avx2(qs, k, out) },
-        |qs, ks, out| {
-            for (o, q) in out.iter_mut().zip(qs) {
-                for (o, k) in o.iter_mut().zip(ks) {
-                    // SAFETY: as above.
-                    *o = unsafe { x86::dot_avx2(q, k) };
-                }
-            }
-        },
+        // SAFETY: as above.
+        |qs, ks, out| unsafe { x86::dots4_avx2(qs, ks, out) },
         // SAFETY: as above.
         |acc, p, v| unsafe { x86::axpy_avx2(acc, p, v) },
         // SAFETY: as above.
         |acc, p, v| unsafe { x86::axpy4_avx2(acc, p, v) },
-        |acc, ps, o, vs, hd| {
-            for (a, p) in acc.iter_mut().zip(ps) {
-                let mut j = 0;
-                while j + 4 <= vs.len() {
-                    let p4 = [p[o + j], p[o + j + 1], p[o + j + 2], p[o + j + 3]];
-                    let v4 = [vs[j], vs[j + 1], vs[j + 2], vs[j + 3]];
-                    // SAFETY: as above.
-                    unsafe { x86::axpy4_avx2(&mut a[..hd], p4, v4) };
-                    j += 4;
-                }
-                for (j, v) in vs.iter().enumerate().skip(j) {
-                    // SAFETY: as above.
-                    unsafe { x86::axpy_avx2(&mut a[..hd], p[o + j], v) };
-                }
-            }
-        },
+        // SAFETY: as above.
+        |acc, ps, o, vs, hd| unsafe { x86::axpy_rows_avx2(acc, ps, o, vs, hd) },
         block_max,
         block_probs,
     )
@@ -650,6 +631,165 @@ mod x86 {
             i += DOT_LANES;
         }
         finish_dot(_mm256_add_ps(lo, hi), tail(a, b, full))
+    }
+
+    /// [`super::dots4`] with 8-lane registers: each row against the four K rows at once (the
+    /// row's chunk loaded once for the four, eight accumulators), then the four halving trees
+    /// side by side ([`finish_dot4`]). Each dot takes [`super::dot`]'s lanes and tree: the same
+    /// bits. Rows or K rows of another length than the first K row's, or a length that is not a
+    /// multiple of 16, take [`dot_avx2`] one by one.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dots4_avx2(qs: &[&[f32]], ks: [&[f32]; 4], out: &mut [[f32; 4]]) {
+        let n = qs.len().min(out.len());
+        let len = ks[0].len();
+        let uniform = len.is_multiple_of(DOT_LANES)
+            && ks.iter().all(|k| k.len() == len)
+            && qs[..n].iter().all(|q| q.len() == len);
+        for (o, q) in out[..n].iter_mut().zip(qs) {
+            if !uniform {
+                for (o, k) in o.iter_mut().zip(ks) {
+                    // SAFETY: AVX2 (contract).
+                    *o = unsafe { dot_avx2(q, k) };
+                }
+                continue;
+            }
+            let mut lo = [_mm256_setzero_ps(); 4];
+            let mut hi = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i < len {
+                // SAFETY: i + 16 <= len, within `q` and every K row (all `len` long).
+                unsafe {
+                    let q0 = _mm256_loadu_ps(q.as_ptr().add(i));
+                    let q1 = _mm256_loadu_ps(q.as_ptr().add(i + 8));
+                    for p in 0..4 {
+                        let k = ks[p].as_ptr().add(i);
+                        lo[p] = _mm256_add_ps(lo[p], _mm256_mul_ps(q0, _mm256_loadu_ps(k)));
+                        hi[p] = _mm256_add_ps(hi[p], _mm256_mul_ps(q1, _mm256_loadu_ps(k.add(8))));
+                    }
+                }
+                i += DOT_LANES;
+            }
+            let c: [__m256; 4] = std::array::from_fn(|p| _mm256_add_ps(lo[p], hi[p]));
+            *o = finish_dot4(c);
+        }
+    }
+
+    /// [`finish_dot`] of four dots at once (no tail: `+ 0.0`, as an empty tail adds): the same
+    /// additions per dot, its lanes gathered by shuffles instead of one reduction each.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn finish_dot4(c: [__m256; 4]) -> [f32; 4] {
+        // d_p = lanes 0-3 + lanes 4-7 of c_p: [d0 | d1] and [d2 | d3].
+        let d01 = _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(c[0], c[1]),
+            _mm256_permute2f128_ps::<0x31>(c[0], c[1]),
+        );
+        let d23 = _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(c[2], c[3]),
+            _mm256_permute2f128_ps::<0x31>(c[2], c[3]),
+        );
+        // e_p = (d_p[0] + d_p[2], d_p[1] + d_p[3]): [e0, e2 | e1, e3].
+        let e = _mm256_add_ps(
+            _mm256_shuffle_ps::<0b01_00_01_00>(d01, d23),
+            _mm256_shuffle_ps::<0b11_10_11_10>(d01, d23),
+        );
+        // f_p = e_p[0] + e_p[1]: [f0, f2, f0, f2 | f1, f3, f1, f3].
+        let f = _mm256_add_ps(
+            _mm256_shuffle_ps::<0b10_00_10_00>(e, e),
+            _mm256_shuffle_ps::<0b11_01_11_01>(e, e),
+        );
+        let mut v = [0f32; 8];
+        // SAFETY: `v` holds 8 f32.
+        unsafe { _mm256_storeu_ps(v.as_mut_ptr(), f) };
+        [v[0] + 0.0, v[4] + 0.0, v[1] + 0.0, v[5] + 0.0]
+    }
+
+    /// [`super::axpy_rows`] with 8-lane registers: for each chunk of 16 elements, four rows'
+    /// accumulators stay in registers while every position's V chunk is loaded once and added
+    /// to all four, in position order (elementwise, the same operations: the same bits).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn axpy_rows_avx2(
+        acc: &mut [[f32; MAX_HEAD_DIM]],
+        ps: &[[f32; KV_BLOCK]],
+        o: usize,
+        vs: &[&[f32]],
+        hd: usize,
+    ) {
+        assert!(
+            hd <= MAX_HEAD_DIM && o + vs.len() <= KV_BLOCK && vs.iter().all(|v| v.len() >= hd),
+            "axpy_rows out of bounds"
+        );
+        let n = acc.len().min(ps.len());
+        let full = hd / 16 * 16;
+        let mut r = 0;
+        while r < n {
+            let rn = (n - r).min(4);
+            let (a, p) = (&mut acc[r..r + rn], &ps[r..r + rn]);
+            // SAFETY: AVX2 (contract); bounds asserted above.
+            unsafe {
+                match rn {
+                    1 => axpy_group_avx2::<1>(a, p, o, vs, full),
+                    2 => axpy_group_avx2::<2>(a, p, o, vs, full),
+                    3 => axpy_group_avx2::<3>(a, p, o, vs, full),
+                    _ => axpy_group_avx2::<4>(a, p, o, vs, full),
+                }
+            }
+            for (a, p) in acc[r..r + rn].iter_mut().zip(&ps[r..r + rn]) {
+                for d in full..hd {
+                    for (j, v) in vs.iter().enumerate() {
+                        a[d] += p[o + j] * v[d];
+                    }
+                }
+            }
+            r += rn;
+        }
+    }
+
+    /// Elements `0..full` (a multiple of 16) of `R` rows of [`axpy_rows_avx2`].
+    ///
+    /// # Safety
+    /// As [`axpy_rows_avx2`], whose bounds hold; `acc` and `ps` hold `R` rows.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn axpy_group_avx2<const R: usize>(
+        acc: &mut [[f32; MAX_HEAD_DIM]],
+        ps: &[[f32; KV_BLOCK]],
+        o: usize,
+        vs: &[&[f32]],
+        full: usize,
+    ) {
+        let mut d = 0;
+        while d < full {
+            // SAFETY: d + 16 <= full <= hd <= MAX_HEAD_DIM, within every row of `acc` and every
+            // `vs[j]` (caller's bounds).
+            unsafe {
+                let mut a = [[_mm256_setzero_ps(); 2]; R];
+                for r in 0..R {
+                    a[r][0] = _mm256_loadu_ps(acc[r][d..].as_ptr());
+                    a[r][1] = _mm256_loadu_ps(acc[r][d + 8..].as_ptr());
+                }
+                for (j, v) in vs.iter().enumerate() {
+                    let x0 = _mm256_loadu_ps(v.as_ptr().add(d));
+                    let x1 = _mm256_loadu_ps(v.as_ptr().add(d + 8));
+                    for r in 0..R {
+                        let p = _mm256_set1_ps(ps[r][o + j]);
+                        a[r][0] = _mm256_add_ps(a[r][0], _mm256_mul_ps(p, x0));
+                        a[r][1] = _mm256_add_ps(a[r][1], _mm256_mul_ps(p, x1));
+                    }
+                }
+                for r in 0..R {
+                    _mm256_storeu_ps(acc[r][d..].as_mut_ptr(), a[r][0]);
+                    _mm256_storeu_ps(acc[r][d + 8..].as_mut_ptr(), a[r][1]);
+                }
+            }
+            d += 16;
+        }
     }
 
     /// [`super::dots`] by [`dot_avx2`].
