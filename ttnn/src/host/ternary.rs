@@ -14,6 +14,7 @@
 //! its ternary weights as `Lut3` or `Base3` instead (`host::ternary_lut`, chosen by
 //! `DeviceSpec::host_ternary_layout`); `to_device` repacks.
 
+use super::hugepage::WeightBytes;
 use super::ternary_lut as lut;
 use crate::device::TernaryLayout;
 
@@ -28,7 +29,9 @@ pub struct TernaryData {
     pub rows: usize,
     pub row_len: usize,
     pub layout: TernaryLayout,
-    pub packed: Vec<u8>,
+    /// On the heap for `Bits2`; the device's `Lut3`/`Base3` copies come from the weight arena
+    /// (huge pages: see `host::hugepage`).
+    pub(crate) packed: WeightBytes,
     /// `Lut3`: each row's count of negated groups (empty for `Bits2` and `Base3`).
     pub neg: Vec<i32>,
 }
@@ -58,16 +61,16 @@ impl TernaryData {
                 rows,
                 row_len,
                 layout,
-                packed: vec![0x55; rows * Self::row_bytes(row_len)],
+                packed: WeightBytes::heap(rows * Self::row_bytes(row_len), 0x55),
                 neg: Vec::new(),
             },
             // Index 0 with a clear sign (`Lut3`) and code 0 (`Base3`) are zero: a zeroed
-            // allocation, mapped on first touch.
+            // arena buffer, mapped on first touch.
             TernaryLayout::Lut3 | TernaryLayout::Base3 => Self {
                 rows,
                 row_len,
                 layout,
-                packed: vec![0; lut::storage_bytes(rows, row_len)],
+                packed: WeightBytes::arena(lut::storage_bytes(rows, row_len)),
                 neg: vec![
                     0;
                     if layout == TernaryLayout::Lut3 {

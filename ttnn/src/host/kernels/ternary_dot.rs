@@ -498,7 +498,7 @@ mod tests {
             let cases: [_; 4] = std::array::from_fn(|i| case(k, seed ^ (i as u64 + 1)));
             let q = cases[0].2[0].as_slice();
             let qsum: i32 = q.iter().map(|&v| v as i32).sum();
-            let rows: [&[u8]; 4] = std::array::from_fn(|i| cases[i].1.packed.as_slice());
+            let rows: [&[u8]; 4] = std::array::from_fn(|i| &cases[i].1.packed[..]);
             for isa in HostIsa::supported_list() {
                 let got4 = dot_codes_weights(isa, q, &rows);
                 let got1 = dot_codes_weights(isa, q, &[rows[3]]);
@@ -548,7 +548,7 @@ mod tests {
         for isa in HostIsa::supported_list() {
             let got = dot_codes(isa, &[q.as_slice()], &packed.packed)[0] - (-128 * k as i32);
             assert_eq!(got, -128 * k as i32, "{isa:?}");
-            let rows = [packed.packed.as_slice(); 4];
+            let rows = [&packed.packed[..]; 4];
             for got in dot_codes_weights(isa, &q, &rows) {
                 assert_eq!(got - (-128 * k as i32), -128 * k as i32, "{isa:?} GEMV");
             }
@@ -562,7 +562,7 @@ mod tests {
         // The other end: q = 127.
         let q = vec![127i8; k];
         for isa in HostIsa::supported_list() {
-            let rows = [packed.packed.as_slice(); 2];
+            let rows = [&packed.packed[..]; 2];
             for got in dot_codes_weights(isa, &q, &rows) {
                 assert_eq!(got - 127 * k as i32, 127 * k as i32, "{isa:?} GEMV");
             }
