@@ -48,14 +48,15 @@ impl BlockFloatData {
 
     pub fn zeros(format: BlockFormat, rows: usize, row_len: usize) -> Self {
         let g = Self::groups_per_row(row_len);
-        let mants = vec![0; rows * g * GROUP];
-        // The lm_head's mantissas: streamed once per token (see `hugepage`).
+        let (mants, exps) = (vec![0; rows * g * GROUP], vec![0; rows * g]);
+        // The lm_head's mantissas and exponents: streamed once per token (see `hugepage`).
         super::hugepage::advise_huge_pages(&mants);
+        super::hugepage::advise_huge_pages(&exps);
         Self {
             format,
             rows,
             row_len,
-            exps: vec![0; rows * g],
+            exps,
             mants,
         }
     }

@@ -433,22 +433,30 @@ mod x86 {
         let mut acc = [[_mm256_setzero_ps(); 4]; R];
         let (ep, mp) = (exps.as_ptr(), mants.as_ptr());
         let mut g = 0;
-        // Eight groups' scales from one 8-byte load and two vector ops, then one broadcast each
-        // (LLVM turns the stack round trip into shuffles): five vector uops per group instead of
-        // seven with a scalar scale.
+        // Eight groups' scales from one 8-byte load and two vector ops, then one `vpermd` each
+        // from four index registers (the upper four after one lane swap). The indices are
+        // hidden from LLVM: as constants, it turns each broadcast into two shuffles (a stack
+        // round trip with `vbroadcastss` became the same), and a broadcast from memory instead
+        // (one load per group) ran slower still.
         let shift_v = _mm256_set1_epi32(shift);
-        let mut sc = [0f32; 8];
+        let pick: [__m256i; 4] =
+            std::hint::black_box(std::array::from_fn(|i| _mm256_set1_epi32(i as i32)));
         while g + 8 <= groups {
             // SAFETY: a hint (see `prefetch_target`).
             unsafe { hint_mants(pf_m, pf_len, g) };
             // SAFETY: g + 8 <= groups: eight exponent bytes.
             let e8 = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(ep.add(g).cast()) });
-            let s8 = _mm256_slli_epi32::<23>(_mm256_sub_epi32(e8, shift_v));
-            // SAFETY: `sc` holds 8 f32.
-            unsafe { _mm256_storeu_ps(sc.as_mut_ptr(), _mm256_castsi256_ps(s8)) };
-            for (i, s) in sc.iter().enumerate() {
+            let s8 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_sub_epi32(e8, shift_v)));
+            let s8hi = _mm256_permute2f128_ps::<0x11>(s8, s8);
+            for (i, pick) in pick.iter().enumerate() {
+                let s = _mm256_permutevar8x32_ps(s8, *pick);
                 // SAFETY: g + i < groups (caller's lengths).
-                unsafe { group_avx2(xs, mp, g + i, _mm256_broadcast_ss(s), &mut acc, i % 4) };
+                unsafe { group_avx2(xs, mp, g + i, s, &mut acc, i) };
+            }
+            for (i, pick) in pick.iter().enumerate() {
+                let s = _mm256_permutevar8x32_ps(s8hi, *pick);
+                // SAFETY: g + 4 + i < groups (caller's lengths).
+                unsafe { group_avx2(xs, mp, g + 4 + i, s, &mut acc, i) };
             }
             g += 8;
         }
