@@ -707,19 +707,67 @@ mod x86 {
         [v[0] + 0.0, v[4] + 0.0, v[1] + 0.0, v[5] + 0.0]
     }
 
-    /// [`super::axpy_rows`] with 8-lane registers: for each chunk of 16 elements, four rows'
-    /// accumulators stay in registers while every position's V chunk is loaded once and added
-    /// to all four, in position order (elementwise, the same operations: the same bits).
-    ///
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn axpy_rows_avx2(
+    /// [`super::axpy_rows`] with one ISA's group kernel (`$group::<R>`, R rows at a time):
+    /// for each chunk of 16 elements, four rows' accumulators stay in registers while every
+    /// position's V chunk is loaded once and added to all four, in position order
+    /// (elementwise, the same operations: the same bits).
+    macro_rules! axpy_rows_isa {
+        ($(#[$doc:meta])* $name:ident, $features:literal, $group:ident) => {
+            $(#[$doc])*
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(
+                acc: &mut [[f32; MAX_HEAD_DIM]],
+                ps: &[[f32; KV_BLOCK]],
+                o: usize,
+                vs: &[&[f32]],
+                hd: usize,
+            ) {
+                axpy_rows_by(acc, ps, o, vs, hd, |a, p, full| {
+                    // SAFETY: the features `$group` needs are this function's contract;
+                    // `axpy_rows_by` checked the bounds.
+                    unsafe {
+                        match a.len() {
+                            1 => $group::<1>(a, p, o, vs, full),
+                            2 => $group::<2>(a, p, o, vs, full),
+                            3 => $group::<3>(a, p, o, vs, full),
+                            _ => $group::<4>(a, p, o, vs, full),
+                        }
+                    }
+                })
+            }
+        };
+    }
+
+    axpy_rows_isa!(
+        /// With 8-lane registers (two per chunk of 16).
+        ///
+        /// # Safety
+        /// The CPU must support AVX2.
+        axpy_rows_avx2,
+        "avx2",
+        axpy_group_avx2
+    );
+    axpy_rows_isa!(
+        /// With 16-lane registers.
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512 F and AVX2.
+        axpy_rows_avx512,
+        "avx512f,avx2",
+        axpy_group_avx512
+    );
+
+    /// The loop of [`super::axpy_rows`] around one ISA's kernel `group(acc, ps, full)` for up
+    /// to four rows and the elements `0..full` (a multiple of 16); the rest of each row runs
+    /// here, in the same order.
+    #[inline(always)]
+    fn axpy_rows_by(
         acc: &mut [[f32; MAX_HEAD_DIM]],
         ps: &[[f32; KV_BLOCK]],
         o: usize,
         vs: &[&[f32]],
         hd: usize,
+        group: impl Fn(&mut [[f32; MAX_HEAD_DIM]], &[[f32; KV_BLOCK]], usize),
     ) {
         assert!(
             hd <= MAX_HEAD_DIM && o + vs.len() <= KV_BLOCK && vs.iter().all(|v| v.len() >= hd),
@@ -730,16 +778,7 @@ mod x86 {
         let mut r = 0;
         while r < n {
             let rn = (n - r).min(4);
-            let (a, p) = (&mut acc[r..r + rn], &ps[r..r + rn]);
-            // SAFETY: AVX2 (contract); bounds asserted above.
-            unsafe {
-                match rn {
-                    1 => axpy_group_avx2::<1>(a, p, o, vs, full),
-                    2 => axpy_group_avx2::<2>(a, p, o, vs, full),
-                    3 => axpy_group_avx2::<3>(a, p, o, vs, full),
-                    _ => axpy_group_avx2::<4>(a, p, o, vs, full),
-                }
-            }
+            group(&mut acc[r..r + rn], &ps[r..r + rn], full);
             for (a, p) in acc[r..r + rn].iter_mut().zip(&ps[r..r + rn]) {
                 for d in full..hd {
                     for (j, v) in vs.iter().enumerate() {
@@ -751,46 +790,83 @@ mod x86 {
         }
     }
 
-    /// Elements `0..full` (a multiple of 16) of `R` rows of [`axpy_rows_avx2`].
-    ///
-    /// # Safety
-    /// As [`axpy_rows_avx2`], whose bounds hold; `acc` and `ps` hold `R` rows.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    unsafe fn axpy_group_avx2<const R: usize>(
-        acc: &mut [[f32; MAX_HEAD_DIM]],
-        ps: &[[f32; KV_BLOCK]],
-        o: usize,
-        vs: &[&[f32]],
-        full: usize,
-    ) {
-        let mut d = 0;
-        while d < full {
-            // SAFETY: d + 16 <= full <= hd <= MAX_HEAD_DIM, within every row of `acc` and every
-            // `vs[j]` (caller's bounds).
-            unsafe {
-                let mut a = [[_mm256_setzero_ps(); 2]; R];
-                for r in 0..R {
-                    a[r][0] = _mm256_loadu_ps(acc[r][d..].as_ptr());
-                    a[r][1] = _mm256_loadu_ps(acc[r][d + 8..].as_ptr());
-                }
-                for (j, v) in vs.iter().enumerate() {
-                    let x0 = _mm256_loadu_ps(v.as_ptr().add(d));
-                    let x1 = _mm256_loadu_ps(v.as_ptr().add(d + 8));
-                    for r in 0..R {
-                        let p = _mm256_set1_ps(ps[r][o + j]);
-                        a[r][0] = _mm256_add_ps(a[r][0], _mm256_mul_ps(p, x0));
-                        a[r][1] = _mm256_add_ps(a[r][1], _mm256_mul_ps(p, x1));
+    /// Elements `0..full` (a multiple of 16) of `R` rows of an `axpy_rows` kernel, with
+    /// `$lanes`-lane registers (`$v`), `16 / $lanes` per chunk of 16 elements.
+    macro_rules! axpy_group_isa {
+        ($(#[$doc:meta])* $name:ident, $features:literal, $lanes:literal,
+         $zero:ident, $load:ident, $store:ident, $add:ident, $mul:ident, $splat:ident) => {
+            $(#[$doc])*
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn $name<const R: usize>(
+                acc: &mut [[f32; MAX_HEAD_DIM]],
+                ps: &[[f32; KV_BLOCK]],
+                o: usize,
+                vs: &[&[f32]],
+                full: usize,
+            ) {
+                const K: usize = 16 / $lanes;
+                let mut d = 0;
+                while d < full {
+                    // SAFETY: d + 16 <= full <= hd <= MAX_HEAD_DIM, within every row of `acc`
+                    // and every `vs[j]` (caller's bounds).
+                    unsafe {
+                        let mut a = [[$zero(); K]; R];
+                        for r in 0..R {
+                            for k in 0..K {
+                                a[r][k] = $load(acc[r][d + $lanes * k..].as_ptr());
+                            }
+                        }
+                        for (j, v) in vs.iter().enumerate() {
+                            let mut x = [$zero(); K];
+                            for k in 0..K {
+                                x[k] = $load(v.as_ptr().add(d + $lanes * k));
+                            }
+                            for r in 0..R {
+                                let p = $splat(ps[r][o + j]);
+                                for k in 0..K {
+                                    a[r][k] = $add(a[r][k], $mul(p, x[k]));
+                                }
+                            }
+                        }
+                        for r in 0..R {
+                            for k in 0..K {
+                                $store(acc[r][d + $lanes * k..].as_mut_ptr(), a[r][k]);
+                            }
+                        }
                     }
-                }
-                for r in 0..R {
-                    _mm256_storeu_ps(acc[r][d..].as_mut_ptr(), a[r][0]);
-                    _mm256_storeu_ps(acc[r][d + 8..].as_mut_ptr(), a[r][1]);
+                    d += 16;
                 }
             }
-            d += 16;
-        }
+        };
     }
+
+    axpy_group_isa!(
+        /// # Safety
+        /// As [`axpy_rows_avx2`], whose bounds hold; `acc` and `ps` hold `R` rows.
+        axpy_group_avx2,
+        "avx2",
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_add_ps,
+        _mm256_mul_ps,
+        _mm256_set1_ps
+    );
+    axpy_group_isa!(
+        /// # Safety
+        /// As [`axpy_rows_avx512`], whose bounds hold; `acc` and `ps` hold `R` rows.
+        axpy_group_avx512,
+        "avx512f,avx2",
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_add_ps,
+        _mm512_mul_ps,
+        _mm512_set1_ps
+    );
 
     /// [`super::dots`] by [`dot_avx2`].
     ///
@@ -969,87 +1045,6 @@ mod x86 {
             }
         }
         R
-    }
-
-    /// [`super::axpy_rows`] with 16-lane registers: for each chunk of 16 elements, four rows'
-    /// accumulators stay in registers while every position's V chunk is loaded once and added
-    /// to all four, in position order (elementwise, the same operations: the same bits).
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512 F and AVX2.
-    #[target_feature(enable = "avx512f,avx2")]
-    pub(super) unsafe fn axpy_rows_avx512(
-        acc: &mut [[f32; MAX_HEAD_DIM]],
-        ps: &[[f32; KV_BLOCK]],
-        o: usize,
-        vs: &[&[f32]],
-        hd: usize,
-    ) {
-        assert!(
-            hd <= MAX_HEAD_DIM && o + vs.len() <= KV_BLOCK && vs.iter().all(|v| v.len() >= hd),
-            "axpy_rows out of bounds"
-        );
-        let n = acc.len().min(ps.len());
-        let full = hd / 16 * 16;
-        let mut r = 0;
-        while r < n {
-            let rn = (n - r).min(4);
-            let (a, p) = (&mut acc[r..r + rn], &ps[r..r + rn]);
-            // SAFETY: AVX-512 F and AVX2 (contract); bounds asserted above.
-            unsafe {
-                match rn {
-                    1 => axpy_group_avx512::<1>(a, p, o, vs, full),
-                    2 => axpy_group_avx512::<2>(a, p, o, vs, full),
-                    3 => axpy_group_avx512::<3>(a, p, o, vs, full),
-                    _ => axpy_group_avx512::<4>(a, p, o, vs, full),
-                }
-            }
-            for (a, p) in acc[r..r + rn].iter_mut().zip(&ps[r..r + rn]) {
-                for d in full..hd {
-                    for (j, v) in vs.iter().enumerate() {
-                        a[d] += p[o + j] * v[d];
-                    }
-                }
-            }
-            r += rn;
-        }
-    }
-
-    /// Elements `0..full` (a multiple of 16) of `R` rows of [`axpy_rows_avx512`].
-    ///
-    /// # Safety
-    /// As [`axpy_rows_avx512`], whose bounds hold; `acc` and `ps` hold `R` rows.
-    #[target_feature(enable = "avx512f,avx2")]
-    #[inline]
-    unsafe fn axpy_group_avx512<const R: usize>(
-        acc: &mut [[f32; MAX_HEAD_DIM]],
-        ps: &[[f32; KV_BLOCK]],
-        o: usize,
-        vs: &[&[f32]],
-        full: usize,
-    ) {
-        let mut d = 0;
-        while d < full {
-            // SAFETY: d + 16 <= full <= hd <= MAX_HEAD_DIM, within every row of `acc` and every
-            // `vs[j]` (caller's bounds).
-            unsafe {
-                let mut a = [_mm512_setzero_ps(); R];
-                for r in 0..R {
-                    a[r] = _mm512_loadu_ps(acc[r][d..].as_ptr());
-                }
-                for (j, v) in vs.iter().enumerate() {
-                    let x = _mm512_loadu_ps(v.as_ptr().add(d));
-                    for r in 0..R {
-                        let p = _mm512_set1_ps(ps[r][o + j]);
-                        a[r] = _mm512_add_ps(a[r], _mm512_mul_ps(p, x));
-                    }
-                }
-                for r in 0..R {
-                    _mm512_storeu_ps(acc[r][d..].as_mut_ptr(), a[r]);
-                }
-            }
-            d += 16;
-        }
     }
 
     /// [`super::axpy4`], eight lanes at a time: each chunk of the accumulator is loaded and
