@@ -154,7 +154,8 @@ static ARENA: Arena = Arena::new();
 pub(crate) struct ArenaBuf {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
-    chunk: std::sync::Arc<Chunk>,
+    /// Released by `drop` under the arena's lock (so that counts read there are exact).
+    chunk: std::mem::ManuallyDrop<std::sync::Arc<Chunk>>,
     arena: &'static Arena,
 }
 
@@ -181,7 +182,7 @@ impl ArenaBuf {
             return Some(Self {
                 ptr: chunk.ptr,
                 len,
-                chunk,
+                chunk: std::mem::ManuallyDrop::new(chunk),
                 arena,
             });
         }
@@ -199,7 +200,7 @@ impl ArenaBuf {
         Some(Self {
             ptr,
             len,
-            chunk: std::sync::Arc::clone(&c.chunk),
+            chunk: std::mem::ManuallyDrop::new(std::sync::Arc::clone(&c.chunk)),
             arena,
         })
     }
@@ -207,13 +208,17 @@ impl ArenaBuf {
 
 impl Drop for ArenaBuf {
     fn drop(&mut self) {
-        // When only the cursor still holds this buffer's chunk, let go of it: its memory goes
-        // back now rather than when the next chunk is needed.
+        // Every clone and release of a chunk's `Arc` happens under the lock, so the count is
+        // exact: when only the cursor still holds this buffer's chunk, let go of it, and its
+        // memory goes back now rather than when the next chunk is needed.
         let mut cursor = self.arena.cursor();
-        if cursor.as_ref().is_some_and(|c| {
-            std::sync::Arc::ptr_eq(&c.chunk, &self.chunk)
-                && std::sync::Arc::strong_count(&c.chunk) == 2
-        }) {
+        // SAFETY: this is the buffer's drop: `self.chunk` is not used again.
+        let chunk = unsafe { std::mem::ManuallyDrop::take(&mut self.chunk) };
+        let last = cursor.as_ref().is_some_and(|c| {
+            std::sync::Arc::ptr_eq(&c.chunk, &chunk) && std::sync::Arc::strong_count(&chunk) == 2
+        });
+        drop(chunk);
+        if last {
             *cursor = None;
         }
     }
