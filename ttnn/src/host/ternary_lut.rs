@@ -85,9 +85,10 @@ pub const PATTERNS: [[i8; 3]; 16] = [
     [0, 0, 0],
 ];
 
-/// Index and sign of each triple, by `(t0 + 1) + 3 (t1 + 1) + 9 (t2 + 1)`.
-const ENCODE: [(u8, bool); 27] = {
-    let mut e = [(0u8, false); 27];
+/// Index and sign of each triple, by `(t0 + 1) + 3 (t1 + 1) + 9 (t2 + 1)`; padded to 32 entries
+/// (codes past 26 never occur) so that a lookup masked by 31 needs no bounds check.
+const ENCODE: [(u8, bool); 32] = {
+    let mut e = [(0u8, false); 32];
     let mut m = 0;
     while m < 14 {
         let p = PATTERNS[m];
@@ -98,17 +99,6 @@ const ENCODE: [(u8, bool); 27] = {
             e[neg] = (m as u8, true);
         }
         m += 1;
-    }
-    e
-};
-
-/// [`ENCODE`] padded to 32 entries (codes past 26 never occur).
-const ENCODE32: [(u8, bool); 32] = {
-    let mut e = [(0u8, false); 32];
-    let mut c = 0;
-    while c < 27 {
-        e[c] = ENCODE[c];
-        c += 1;
     }
     e
 };
@@ -304,8 +294,8 @@ fn encode_lut3(block: &mut [u8], i: usize, values: &[i8], codes: &mut [u16]) -> 
     {
         let mut signs = 0u16;
         for p in 0..SEG_GROUPS / 2 {
-            let (i0, n0) = ENCODE32[c[2 * p] as usize & 31];
-            let (i1, n1) = ENCODE32[c[2 * p + 1] as usize & 31];
+            let (i0, n0) = ENCODE[c[2 * p] as usize & 31];
+            let (i1, n1) = ENCODE[c[2 * p + 1] as usize & 31];
             seg[32 * p + i] = i0 | (i1 << 4);
             // Branch-free: random weights flip the sign half the time.
             signs |= ((n0 as u16) << (15 - 2 * p)) | ((n1 as u16) << (14 - 2 * p));

@@ -447,16 +447,14 @@ mod x86 {
             // SAFETY: g + 8 <= groups: eight exponent bytes.
             let e8 = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(ep.add(g).cast()) });
             let s8 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_sub_epi32(e8, shift_v)));
-            let s8hi = _mm256_permute2f128_ps::<0x11>(s8, s8);
-            for (i, pick) in pick.iter().enumerate() {
-                let s = _mm256_permutevar8x32_ps(s8, *pick);
-                // SAFETY: g + i < groups (caller's lengths).
-                unsafe { group_avx2(xs, mp, g + i, s, &mut acc, i) };
-            }
-            for (i, pick) in pick.iter().enumerate() {
-                let s = _mm256_permutevar8x32_ps(s8hi, *pick);
-                // SAFETY: g + 4 + i < groups (caller's lengths).
-                unsafe { group_avx2(xs, mp, g + 4 + i, s, &mut acc, i) };
+            // Groups g..g + 4 from the lower lane, then g + 4..g + 8 from the upper one.
+            let halves = [s8, _mm256_permute2f128_ps::<0x11>(s8, s8)];
+            for (h, sv) in halves.iter().enumerate() {
+                for (i, pick) in pick.iter().enumerate() {
+                    let s = _mm256_permutevar8x32_ps(*sv, *pick);
+                    // SAFETY: g + 4 h + i < groups (caller's lengths).
+                    unsafe { group_avx2(xs, mp, g + 4 * h + i, s, &mut acc, i) };
+                }
             }
             g += 8;
         }
